@@ -1,0 +1,50 @@
+# Deep Learning in the Cloud: the two commands of the README are `make book` and `make test`.
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+.DEFAULT_GOAL := book
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-from-lock
+
+.PHONY: venv book labs test benchmark env lock clean
+
+## venv: the one environment, made from requirements.lock (Python 3.11)
+venv: $(STAMP)
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed: '$(PYTHON)' was not found (set PYTHON=/path/to/python3.11)." >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo "$(PYTHON) is not Python 3.11." >&2; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+## book: build the book strictly (zero warnings), creating the environment if missing
+book: venv
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+## labs: regenerate the student versions in labs/ from solutions/ (and the instructor's gradebook)
+labs: venv
+	$(BIN)/python tools/generate_labs.py
+
+## test: build the book, then run every test (Docker tests need a Docker Engine)
+test: book
+	$(BIN)/python -m pytest
+
+## benchmark: run each lab's solution and print wall time and peak memory against the budget
+benchmark: venv
+	$(BIN)/python benchmarks/labs.py
+
+## env: derive environment.yml and binder/ from requirements.lock
+env:
+	$(PYTHON) tools/derive_env.py
+
+## lock: re-resolve requirements.in into requirements.lock, then derive the rest
+lock:
+	uv pip compile --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header requirements.in -o requirements.lock
+	$(MAKE) env
+
+clean:
+	rm -rf _build .nbgrader

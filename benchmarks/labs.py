@@ -1,0 +1,138 @@
+"""Run each lab's solution and print wall time and peak memory against the Binder budget.
+
+    python benchmarks/labs.py [--lab lab1-bpaas ...]
+
+Budget per lab: 2 GiB of memory and 5 minutes on 2 cores (a Binder pod). Peak memory
+is the largest sum, over 0.25 s samples, of the resident memory of the kernel and
+every process it starts (JVM, gRPC servers, Spark and TensorFlow workers) plus the
+processes inside Docker containers (found by their cgroup). Summing RSS counts shared
+pages more than once, so the figure errs high. Run on a 2-core machine to match Binder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+from nbclient import NotebookClient
+
+from dlcloud import course
+
+REPO = Path(__file__).resolve().parent.parent
+BUDGET_SECONDS = 300
+BUDGET_MIB = 2048
+CELL_TIMEOUT_S = 900
+SAMPLE_EVERY_S = 0.25
+
+
+def _in_container(process: psutil.Process) -> bool:
+    try:
+        return "docker" in Path(f"/proc/{process.pid}/cgroup").read_text()
+    except OSError:
+        return False
+
+
+def tree_rss_bytes(root: psutil.Process) -> int:
+    """Resident memory of ``root``'s descendants (not ``root``) and of container processes."""
+    processes = {p.pid: p for p in root.children(recursive=True)}
+    processes.update({p.pid: p for p in psutil.process_iter() if _in_container(p)})
+    total = 0
+    for process in processes.values():
+        try:
+            total += process.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
+class PeakMemory:
+    """Samples :func:`tree_rss_bytes` in a thread while the ``with`` block runs."""
+
+    def __init__(self) -> None:
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, tree_rss_bytes(me))
+            self._stop.wait(SAMPLE_EVERY_S)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def prepare_environment(lab: str) -> None:
+    """Docker labs get the engine and a local base image, as in the tests."""
+    if "docker" in course.lab_needs(REPO / "solutions" / lab):
+        from dlcloud import docker_engine
+
+        docker_engine.connect()
+        os.environ.setdefault("DLCLOUD_BASE_IMAGE", docker_engine.build_local_base_image())
+
+
+def run_lab(lab: str) -> dict:
+    prepare_environment(lab)
+    errors = []
+    with tempfile.TemporaryDirectory(prefix=f"bench-{lab}-") as tmp:
+        folder = Path(tmp) / lab
+        shutil.copytree(REPO / "solutions" / lab, folder)
+        start = time.perf_counter()
+        with PeakMemory() as memory:
+            for path in course.lab_notebooks(folder):
+                notebook = nbformat.read(path, as_version=4)
+                client = NotebookClient(
+                    notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                    resources={"metadata": {"path": str(folder)}}, allow_errors=True,
+                )
+                client.execute()
+                errors += [
+                    f"{path.name}: {o.get('ename')}: {o.get('evalue')}"
+                    for c in notebook.cells if c.cell_type == "code"
+                    for o in c.get("outputs", []) if o.get("output_type") == "error"
+                ]
+        seconds = time.perf_counter() - start
+    return {"lab": lab, "seconds": seconds, "peak_mib": memory.peak_bytes / 2**20, "errors": errors}
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'lab':<24} {'wall s':>8} {'peak MiB':>9} {'budget':>14} {'within':>7}  errors")
+    for row in rows:
+        within = row["seconds"] <= BUDGET_SECONDS and row["peak_mib"] <= BUDGET_MIB
+        print(
+            f"{row['lab']:<24} {row['seconds']:>8.1f} {row['peak_mib']:>9.0f} "
+            f"{f'{BUDGET_SECONDS} s/{BUDGET_MIB} MiB':>14} {'yes' if within else 'NO':>7}  "
+            f"{len(row['errors'])}"
+        )
+        for error in row["errors"][:3]:
+            print(f"    {error[:160]}")
+    print(f"\n{os.cpu_count()} cores; Python {sys.version.split()[0]}; peak = summed RSS (errs high).")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lab", action="append", help="only this lab (repeatable)")
+    labs = parser.parse_args().lab or course.lab_names(REPO / "solutions")
+    rows = []
+    for lab in labs:
+        print(f"running {lab} ...", flush=True)
+        rows.append(run_lab(lab))
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

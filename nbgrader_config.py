@@ -1,0 +1,56 @@
+"""nbgrader configuration of the course.
+
+Instructors author labs in ``solutions/<lab>/`` (the nbgrader *source*); ``make labs``
+writes the student versions to ``labs/<lab>/`` (the nbgrader *release*), which are
+committed. Everything that holds students' work or grades lives outside git, under
+``.nbgrader/`` by default, or wherever ``DLCLOUD_GRADING_DIR`` points.
+"""
+
+import os
+from pathlib import Path
+
+c = get_config()  # noqa: F821 -- provided by nbgrader when it loads this file
+
+COURSE_ROOT = Path(__file__).resolve().parent
+GRADING_DIR = Path(os.environ.get("DLCLOUD_GRADING_DIR", COURSE_ROOT / ".nbgrader"))
+if not GRADING_DIR.is_absolute():
+    GRADING_DIR = COURSE_ROOT / GRADING_DIR
+GRADING_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _from_root(path: Path) -> str:
+    # nbgrader joins these to the course root and parses them back with a regex,
+    # so we hand it paths relative to the root (".." is allowed).
+    return os.path.relpath(path, COURSE_ROOT)
+
+
+c.CourseDirectory.course_id = "deep-learning-in-the-cloud"
+c.CourseDirectory.root = str(COURSE_ROOT)
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "labs"
+c.CourseDirectory.submitted_directory = _from_root(GRADING_DIR / "submitted")
+c.CourseDirectory.autograded_directory = _from_root(GRADING_DIR / "autograded")
+c.CourseDirectory.feedback_directory = _from_root(GRADING_DIR / "feedback")
+c.CourseDirectory.db_url = f"sqlite:///{GRADING_DIR / 'gradebook.db'}"
+
+# The one place for cell timeouts: heavy labs start Spark, TensorFlow, gRPC servers
+# and Docker builds in a single cell, so a cell may take minutes on 2 cores.
+LAB_CELL_TIMEOUT_S = 900
+c.Execute.timeout = LAB_CELL_TIMEOUT_S
+c.ExecutePreprocessor.timeout = LAB_CELL_TIMEOUT_S
+c.Execute.startup_timeout = 120
+
+# Students see this where their code goes.
+c.ClearSolutions.code_stub = {
+    "python": "# YOUR CODE HERE\nraise NotImplementedError()",
+}
+c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+
+# Feedback must never show hidden tests, neither their code nor their tracebacks.
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import GetGrades  # noqa: E402
+
+from dlcloud.grading import HideHiddenTests  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+c.HideHiddenTests.enforce_metadata = False

@@ -1,0 +1,39 @@
+"""Regenerate labs/ (the student versions) from solutions/ with nbgrader.
+
+Runs ``nbgrader generate_assignment`` for every lab folder in ``solutions/``. With
+``--course-root DIR`` it works on a copy (the test that checks labs/ is up to date
+uses that); otherwise on this repository, which also records each lab in the
+instructor's gradebook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from dlcloud.course import lab_names
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def generate(course_root: Path) -> None:
+    nbgrader = Path(sys.executable).parent / "nbgrader"
+    for lab in lab_names(course_root / "solutions"):
+        print(f"generating labs/{lab}", flush=True)
+        subprocess.run(
+            [str(nbgrader), "generate_assignment", lab, "--force", "--log-level=WARN"],
+            cwd=course_root,
+            check=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--course-root", type=Path, default=REPO)
+    generate(parser.parse_args().course_root)
+
+
+if __name__ == "__main__":
+    main()
