@@ -7,6 +7,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-from-lock
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: venv book labs test benchmark env lock clean
 

@@ -23,13 +23,13 @@ from pathlib import Path
 import nbformat
 import psutil
 from nbclient import NotebookClient
+from traitlets.config.loader import PyFileConfigLoader
 
 from dlcloud import course
 
 REPO = Path(__file__).resolve().parent.parent
 BUDGET_SECONDS = 300
 BUDGET_MIB = 2048
-CELL_TIMEOUT_S = 900
 SAMPLE_EVERY_S = 0.25
 
 
@@ -76,6 +76,11 @@ class PeakMemory:
         self._thread.join()
 
 
+def cell_timeout_s() -> int:
+    """The per-cell timeout set once, in nbgrader_config.py."""
+    return PyFileConfigLoader(str(REPO / "nbgrader_config.py")).load_config().Execute.timeout
+
+
 def prepare_environment(lab: str) -> None:
     """Docker labs get the engine and a local base image, as in the tests."""
     if "docker" in course.lab_needs(REPO / "solutions" / lab):
@@ -96,7 +101,7 @@ def run_lab(lab: str) -> dict:
             for path in course.lab_notebooks(folder):
                 notebook = nbformat.read(path, as_version=4)
                 client = NotebookClient(
-                    notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                    notebook, timeout=cell_timeout_s(), kernel_name="python3",
                     resources={"metadata": {"path": str(folder)}}, allow_errors=True,
                 )
                 client.execute()

@@ -59,7 +59,13 @@ def make_course(tmp: Path, labs: list[str]) -> Path:
 
 def nbgrader(course: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real nbgrader CLI in ``course``; fail with its output if it fails."""
-    merged_env = {**os.environ, **(env or {}), "DLCLOUD_GRADING_DIR": str(course / ".nbgrader")}
+    merged_env = {
+        **os.environ,
+        **(env or {}),
+        "DLCLOUD_GRADING_DIR": str(course / ".nbgrader"),
+        # nbgrader runs `alembic` from PATH to set up the gradebook: use the venv's.
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     result = subprocess.run(
         [str(BIN / "nbgrader"), *args],
         cwd=course,

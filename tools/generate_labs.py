@@ -9,6 +9,7 @@ instructor's gradebook.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +20,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def generate(course_root: Path) -> None:
-    nbgrader = Path(sys.executable).parent / "nbgrader"
+    venv_bin = Path(sys.executable).parent
+    # nbgrader runs `alembic` from PATH to set up the gradebook: use the venv's.
+    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
     for lab in lab_names(course_root / "solutions"):
         print(f"generating labs/{lab}", flush=True)
         subprocess.run(
-            [str(nbgrader), "generate_assignment", lab, "--force", "--log-level=WARN"],
+            [str(venv_bin / "nbgrader"), "generate_assignment", lab, "--force", "--log-level=WARN"],
             cwd=course_root,
+            env=env,
             check=True,
         )
 
