@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 import re
 import shutil
 import subprocess
@@ -79,12 +80,15 @@ def nbgrader(course: Path, *args: str, env: dict | None = None) -> subprocess.Co
 
 
 def hidden_test_lines(lab: str) -> list[str]:
+    """Lines that only hidden tests contain: what must never reach a student.
+
+    Lines that also appear outside the hidden regions (``else:``, ``)``, a shared
+    assertion) say nothing about the hidden tests, so they are left out.
+    """
     from dlcloud.grading import hidden_test_lines as lines_of
 
-    return [
-        line.strip()
-        for path in lab_notebooks(lab)
-        for cell in read_notebook(path)["cells"]
-        for line in lines_of(source_of(cell))
-        if line.strip() and not line.strip().startswith("#")
-    ]
+    sources = [source_of(c) for path in lab_notebooks(lab) for c in read_notebook(path)["cells"]]
+    all_lines = Counter(line.strip() for source in sources for line in source.splitlines())
+    hidden = Counter(line.strip() for source in sources for line in lines_of(source))
+    visible = all_lines - hidden
+    return sorted(line for line in hidden if line and not line.startswith("#") and line not in visible)

@@ -19,11 +19,11 @@ from dlcloud.course import lab_names
 REPO = Path(__file__).resolve().parent.parent
 
 
-def generate(course_root: Path) -> None:
+def generate(course_root: Path, labs: list[str] | None = None) -> None:
     venv_bin = Path(sys.executable).parent
     # nbgrader runs `alembic` from PATH to set up the gradebook: use the venv's.
     env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for lab in lab_names(course_root / "solutions"):
+    for lab in labs or lab_names(course_root / "solutions"):
         print(f"generating labs/{lab}", flush=True)
         subprocess.run(
             [str(venv_bin / "nbgrader"), "generate_assignment", lab, "--force", "--log-level=WARN"],
@@ -36,7 +36,9 @@ def generate(course_root: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--course-root", type=Path, default=REPO)
-    generate(parser.parse_args().course_root)
+    parser.add_argument("labs", nargs="*", help="only these labs (default: all)")
+    args = parser.parse_args()
+    generate(args.course_root, args.labs)
 
 
 if __name__ == "__main__":
