@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# Docker Engine fixtures: docker_client, local_base_image, docker_labels.
+pytest_plugins = ["docker_support"]
+
 REPO = Path(__file__).resolve().parent.parent
 
 

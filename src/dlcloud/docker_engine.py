@@ -1,0 +1,321 @@
+"""Plumbing for the Docker lab: find an engine, a base image and a wheelhouse.
+
+Students learn Dockerfiles, builds, layers and containers in the lab itself; this
+module only hides what differs between the places where the course runs:
+
+- :func:`connect` finds a Docker Engine (``DOCKER_HOST`` or the default socket) and
+  says clearly what to do when there is none (on Binder there never is one);
+- :func:`start_dockerd` starts an engine for tests and CI on a machine that has the
+  ``dockerd`` binary and runs as root;
+- :func:`base_image` names the image that the lab's Dockerfiles start ``FROM``: a
+  pinned public Python image, or a locally built one where no registry is reachable;
+- :func:`build_local_base_image` builds that local image from Debian packages with
+  ``debootstrap`` and ``docker import``, once per machine;
+- :func:`prepare_wheelhouse` downloads the exact wheels a service needs with
+  ``pip download``, so that ``docker build`` never needs the network;
+- :func:`remove_labelled` removes every container and image that carries a label, so
+  that a lab or a test leaves nothing behind even when it fails half-way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+
+#: What students on a JupyterHub with internet access build ``FROM``. Pinned to a
+#: Python minor version and a Debian release; pin a digest for full reproducibility.
+PUBLIC_BASE_IMAGE = "python:3.11-slim-bookworm"
+#: The tag of the image that :func:`build_local_base_image` builds.
+LOCAL_BASE_IMAGE = "dlcloud/debian-python:bookworm"
+#: The Debian packages of the local base image: Python 3.11 with ``venv`` (and so
+#: ``ensurepip``), plus ``passwd`` for ``useradd`` as in the official slim images.
+LOCAL_BASE_PACKAGES = ("python3", "python3-venv", "passwd", "ca-certificates")
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+DOCKERD_FLAGS = ("--bridge=none", "--iptables=false", "--ip6tables=false")
+DOCKERD_LOG = Path(tempfile.gettempdir()) / "dlcloud-dockerd.log"
+
+
+class DockerUnavailable(RuntimeError):
+    """No Docker Engine answers, or one that is needed cannot be started."""
+
+
+def _engine_url() -> str:
+    return os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
+
+
+def _no_engine_message(url: str, error: object) -> str:
+    return (
+        f"No Docker Engine answers at {url} ({error}). This lab needs one to build and "
+        "run images. Use the course JupyterHub, whose servers come with a Docker Engine, "
+        "or install Docker Engine (Linux) or Docker Desktop (macOS, Windows) on your own "
+        "computer, start it, and set DOCKER_HOST if it does not listen on the default "
+        "socket. On Binder there is no Docker Engine: there you can read and write the "
+        "Dockerfile and check it with hadolint, but not build or run images."
+    )
+
+
+def connect(timeout_s: float = 10.0) -> docker.DockerClient:
+    """A client for the engine at ``DOCKER_HOST`` or the default socket, or :class:`DockerUnavailable`."""
+    url = _engine_url()
+    try:
+        client = docker.DockerClient(base_url=url, timeout=int(max(timeout_s, 1)))
+        client.ping()
+    except (docker.errors.DockerException, OSError) as error:
+        raise DockerUnavailable(_no_engine_message(url, error)) from error
+    # Builds and image exports take longer than a ping: no read timeout from here on.
+    client.api.timeout = None
+    return client
+
+
+def engine_answers() -> bool:
+    """Whether :func:`connect` would succeed right now."""
+    try:
+        connect(timeout_s=3).close()
+    except DockerUnavailable:
+        return False
+    return True
+
+
+def start_dockerd(timeout_s: float = 60.0, log_file: Path = DOCKERD_LOG) -> docker.DockerClient:
+    """Connect, starting ``dockerd`` first if no engine answers (tests and CI only).
+
+    The engine is started without a bridge network and without touching iptables, the
+    setup of this course's CI machines: containers then use the host network. Needs
+    the ``dockerd`` binary and root; otherwise raises :class:`DockerUnavailable`.
+    """
+    try:
+        return connect(timeout_s=3)
+    except DockerUnavailable as error:
+        first_error = error
+    if _engine_url() != DEFAULT_SOCKET:
+        # A dockerd we start listens on the default socket: never "replace" another engine.
+        raise first_error
+    dockerd = shutil.which("dockerd") or next(
+        (p for p in ("/usr/sbin/dockerd", "/usr/bin/dockerd") if Path(p).exists()), None
+    )
+    if dockerd is None:
+        raise DockerUnavailable(f"{first_error} (and there is no dockerd binary to start one)")
+    if os.geteuid() != 0:
+        raise DockerUnavailable(f"{first_error} (dockerd exists but starting it needs root)")
+    log = open(log_file, "ab")  # noqa: SIM115 -- stays open for the daemon's lifetime
+    subprocess.Popen(  # noqa: S603 -- fixed arguments
+        [dockerd, *DOCKERD_FLAGS], stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return connect(timeout_s=3)
+        except DockerUnavailable:
+            time.sleep(0.5)
+    raise DockerUnavailable(
+        f"Started {dockerd} but it did not answer within {timeout_s:.0f} s; see {log_file}."
+    )
+
+
+def base_image() -> str:
+    """The image to pass as the ``BASE_IMAGE`` build argument of the lab's Dockerfiles.
+
+    ``DLCLOUD_BASE_IMAGE`` if it is set (machines without a registry set it to the image
+    of :func:`build_local_base_image`), else :data:`PUBLIC_BASE_IMAGE`.
+    """
+    return os.environ.get("DLCLOUD_BASE_IMAGE") or PUBLIC_BASE_IMAGE
+
+
+def image_exists(client: docker.DockerClient, ref: str) -> bool:
+    try:
+        client.images.get(ref)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def build_local_base_image(
+    tag: str = LOCAL_BASE_IMAGE,
+    client: docker.DockerClient | None = None,
+    mirror: str | None = None,
+    suite: str = "bookworm",
+) -> str:
+    """Build a Debian + Python 3.11 base image without any registry, once per machine.
+
+    ``debootstrap --variant=minbase`` installs Debian ``suite`` (bookworm ships Python
+    3.11) with :data:`LOCAL_BASE_PACKAGES` into a folder from a Debian mirror
+    (``DLCLOUD_DEBIAN_MIRROR`` or deb.debian.org), and ``docker import`` turns that
+    folder into a one-layer image. If ``tag`` already exists, nothing is built.
+    Returns ``tag``. Needs root and the ``debootstrap`` binary.
+    """
+    client = client or connect()
+    if image_exists(client, tag):
+        return tag
+    debootstrap = shutil.which("debootstrap") or (
+        "/usr/sbin/debootstrap" if Path("/usr/sbin/debootstrap").exists() else None
+    )
+    if debootstrap is None or os.geteuid() != 0:
+        raise DockerUnavailable(
+            f"Image {tag} is missing and cannot be built here: building it needs root and "
+            "debootstrap (apt-get install debootstrap). Or set DLCLOUD_BASE_IMAGE to an "
+            f"image you have, e.g. {PUBLIC_BASE_IMAGE} where a registry is reachable."
+        )
+    mirror = mirror or os.environ.get("DLCLOUD_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+    with tempfile.TemporaryDirectory(prefix="dlcloud-rootfs-") as work:
+        root = Path(work) / "rootfs"
+        result = subprocess.run(  # noqa: S603 -- fixed arguments
+            [debootstrap, "--variant=minbase", f"--include={','.join(LOCAL_BASE_PACKAGES)}",
+             suite, str(root), mirror],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            raise DockerUnavailable(
+                f"debootstrap {suite} from {mirror} failed:\n{result.stdout[-2000:]}"
+                f"\n{result.stderr[-2000:]}"
+            )
+        # Keep the image small: no package lists, caches, docs or man pages.
+        for junk in ("var/lib/apt/lists", "var/cache/apt", "usr/share/doc", "usr/share/man",
+                     "usr/share/info", "var/log"):
+            target = root / junk
+            if target.exists():
+                shutil.rmtree(target)
+                target.mkdir(parents=True)
+        tarball = Path(work) / "rootfs.tar"
+        subprocess.run(  # noqa: S603 -- fixed arguments
+            ["tar", "--numeric-owner", "-C", str(root), "-cf", str(tarball), "."], check=True
+        )
+        repository, _, version = tag.rpartition(":")
+        if not repository or "/" in version:
+            repository, version = tag, "latest"
+        client.api.import_image_from_file(
+            str(tarball), repository=repository, tag=version,
+            changes=[
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "ENV LANG=C.UTF-8",
+                'CMD ["python3"]',
+                "LABEL org.opencontainers.image.description="
+                f"\"Debian {suite} minbase with Python 3 (dlcloud local base image)\"",
+            ],
+        )
+    if not image_exists(client, tag):
+        raise DockerUnavailable(f"docker import did not produce {tag}.")
+    return tag
+
+
+def _requirements_digest(requirements_file: Path, platforms: tuple[str, ...], python: str) -> str:
+    text = Path(requirements_file).read_text()
+    return hashlib.sha256(f"{text}|{platforms}|{python}".encode()).hexdigest()[:16]
+
+
+def prepare_wheelhouse(
+    requirements_file: str | os.PathLike,
+    dest: str | os.PathLike,
+    python_version: str = "3.11",
+    platforms: tuple[str, ...] = ("manylinux_2_28_x86_64", "manylinux2014_x86_64"),
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Download the exact wheels of ``requirements_file`` into ``dest`` for a Linux image.
+
+    ``pip download --only-binary=:all:`` for CPython ``python_version`` on x86_64
+    manylinux, whatever the machine that runs it: the wheels then install in a
+    ``docker build`` that has no network (``pip install --no-index --find-links``).
+    The result is cached twice: ``dest`` keeps a stamp of the requirements it holds,
+    and a per-machine copy in ``cache_dir`` (``DLCLOUD_WHEELHOUSE_CACHE`` or
+    ``~/.cache/dlcloud/wheelhouses``) spares the download in a fresh folder.
+    """
+    dest = Path(dest)
+    digest = _requirements_digest(Path(requirements_file), platforms, python_version)
+    stamp = dest / ".requirements-digest"
+    if stamp.exists() and stamp.read_text().strip() == digest and any(dest.glob("*.whl")):
+        return dest
+    cache_root = Path(
+        cache_dir or os.environ.get("DLCLOUD_WHEELHOUSE_CACHE", "")
+        or Path.home() / ".cache" / "dlcloud" / "wheelhouses"
+    )
+    cached = cache_root / digest
+    if not (cached / ".complete").exists():
+        partial = cache_root / f"{digest}.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        command = [
+            sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+            "--only-binary=:all:", "--implementation", "cp", "--python-version", python_version,
+            "--abi", f"cp{python_version.replace('.', '')}",
+            *(arg for platform in platforms for arg in ("--platform", platform)),
+            "--dest", str(partial), "-r", str(requirements_file),
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+        if result.returncode != 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise RuntimeError(f"pip download failed:\n{result.stdout}\n{result.stderr}")
+        (partial / ".complete").write_text(digest + "\n")
+        shutil.rmtree(cached, ignore_errors=True)
+        partial.rename(cached)
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("*.whl"):
+        old.unlink()
+    for wheel in cached.glob("*.whl"):
+        shutil.copy2(wheel, dest / wheel.name)
+    stamp.write_text(digest + "\n")
+    return dest
+
+
+def _created_at(image) -> float:
+    from datetime import datetime
+
+    text = image.attrs.get("Created", "")
+    try:  # '2026-01-02T03:04:05.123456789Z': keep microseconds, drop the zone letter
+        head, _, frac = text.rstrip("Z").partition(".")
+        return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").timestamp()
+    except ValueError:
+        return 0.0
+
+
+def remove_labelled(
+    client: docker.DockerClient, label: str, dangling_since: float | None = None
+) -> dict[str, list[str]]:
+    """Remove every container, then every image, that carries ``label`` (``key`` or ``key=value``).
+
+    The legacy builder puts ``docker build --label`` only on the final image; the last
+    image of every other stage of a multi-stage build stays behind untagged
+    ("dangling"). With ``dangling_since`` (a ``time.time()`` taken before the builds),
+    dangling images created since then are removed too, without force, so that an image
+    still in use elsewhere is kept. Returns what was removed. Errors on single objects
+    are ignored so that a cleanup in a ``finally`` always gets as far as it can.
+    """
+    removed: dict[str, list[str]] = {"containers": [], "images": []}
+    for container in client.containers.list(all=True, filters={"label": label}):
+        try:
+            container.remove(force=True)
+            removed["containers"].append(container.short_id)
+        except docker.errors.APIError:
+            pass
+    passes = [("label", True)] + ([("dangling", False)] if dangling_since is not None else [])
+    for kind, force in passes:
+        # Children before parents: retry until a pass removes nothing more.
+        for _ in range(5):
+            if kind == "label":
+                images = client.images.list(all=True, filters={"label": label})
+            else:
+                images = [
+                    image for image in client.images.list(filters={"dangling": True})
+                    if _created_at(image) >= dangling_since - 1
+                ]
+            progress = False
+            for image in images:
+                try:
+                    client.images.remove(image.id, force=force)
+                    removed["images"].append(image.short_id)
+                    progress = True
+                except docker.errors.ImageNotFound:
+                    progress = True
+                except docker.errors.APIError:
+                    pass
+            if not images or not progress:
+                break
+    return removed
