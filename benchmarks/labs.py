@@ -3,10 +3,10 @@
     python benchmarks/labs.py [--lab lab1-bpaas ...]
 
 Budget per lab: 2 GiB of memory and 5 minutes on 2 cores (a Binder pod). Peak memory
-is the largest sum, over 0.25 s samples, of the resident memory of the kernel and
-every process it starts (JVM, gRPC servers, Spark and TensorFlow workers) plus the
-processes inside Docker containers (found by their cgroup). Summing RSS counts shared
-pages more than once, so the figure errs high. Run on a 2-core machine to match Binder.
+is the largest sum, over 0.25 s samples, of the proportional set size (PSS) of the
+kernel and every process it starts (JVM, gRPC servers, Spark and TensorFlow workers)
+plus the processes inside Docker containers (found by their cgroup): see
+dlcloud.memory. Run on a 2-core machine to match Binder.
 """
 
 from __future__ import annotations
@@ -16,64 +16,20 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import nbformat
-import psutil
 from nbclient import NotebookClient
 from traitlets.config.loader import PyFileConfigLoader
 
 from dlcloud import course
+from dlcloud.memory import MemoryWatch
 
 REPO = Path(__file__).resolve().parent.parent
 BUDGET_SECONDS = 300
 BUDGET_MIB = 2048
 SAMPLE_EVERY_S = 0.25
-
-
-def _in_container(process: psutil.Process) -> bool:
-    try:
-        return "docker" in Path(f"/proc/{process.pid}/cgroup").read_text()
-    except OSError:
-        return False
-
-
-def tree_rss_bytes(root: psutil.Process) -> int:
-    """Resident memory of ``root``'s descendants (not ``root``) and of container processes."""
-    processes = {p.pid: p for p in root.children(recursive=True)}
-    processes.update({p.pid: p for p in psutil.process_iter() if _in_container(p)})
-    total = 0
-    for process in processes.values():
-        try:
-            total += process.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
-
-
-class PeakMemory:
-    """Samples :func:`tree_rss_bytes` in a thread while the ``with`` block runs."""
-
-    def __init__(self) -> None:
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, tree_rss_bytes(me))
-            self._stop.wait(SAMPLE_EVERY_S)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def cell_timeout_s() -> int:
@@ -97,7 +53,10 @@ def run_lab(lab: str) -> dict:
         folder = Path(tmp) / lab
         shutil.copytree(REPO / "solutions" / lab, folder)
         start = time.perf_counter()
-        with PeakMemory() as memory:
+        # The runner itself (nbclient) is not part of the lab: only what it starts.
+        memory = MemoryWatch(interval_s=SAMPLE_EVERY_S, include_root=False, include_containers=True)
+        memory.start()
+        try:
             for path in course.lab_notebooks(folder):
                 notebook = nbformat.read(path, as_version=4)
                 client = NotebookClient(
@@ -110,8 +69,10 @@ def run_lab(lab: str) -> dict:
                     for c in notebook.cells if c.cell_type == "code"
                     for o in c.get("outputs", []) if o.get("output_type") == "error"
                 ]
+        finally:
+            memory.stop()
         seconds = time.perf_counter() - start
-    return {"lab": lab, "seconds": seconds, "peak_mib": memory.peak_bytes / 2**20, "errors": errors}
+    return {"lab": lab, "seconds": seconds, "peak_mib": memory.peak_mb, "errors": errors}
 
 
 def print_table(rows: list[dict]) -> None:
@@ -125,7 +86,7 @@ def print_table(rows: list[dict]) -> None:
         )
         for error in row["errors"][:3]:
             print(f"    {error[:160]}")
-    print(f"\n{os.cpu_count()} cores; Python {sys.version.split()[0]}; peak = summed RSS (errs high).")
+    print(f"\n{os.cpu_count()} cores; Python {sys.version.split()[0]}; peak = summed PSS of kernel, children and containers.")
 
 
 def main() -> None:

@@ -64,13 +64,6 @@ def test_call_in_subprocess_reports_errors_and_timeouts():
         dspark.call_in_subprocess(__import__("time").sleep, 30, timeout_s=2)
 
 
-def test_memory_watch_measures_this_process():
-    watch = dspark.MemoryWatch(interval_s=0.05).start()
-    peak = watch.stop()
-    assert 10 < peak < 100_000
-    assert os.getpid() in watch.peak_processes
-
-
 @pytest.fixture(scope="module")
 def spark():
     session = dspark.start_spark("dlcloud-test-spark")

@@ -1,0 +1,28 @@
+"""Unit tests of dlcloud.memory, which the benchmarks and lab 5 use to measure budgets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from dlcloud.memory import MemoryWatch, process_tree_memory
+
+
+def test_memory_watch_measures_this_process():
+    watch = MemoryWatch(interval_s=0.05).start()
+    peak = watch.stop()
+    assert 10 < peak < 100_000
+    assert os.getpid() in watch.peak_processes
+
+
+def test_children_are_counted_and_the_root_can_be_left_out():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        with_root = process_tree_memory()
+        children_only = process_tree_memory(include_root=False)
+        assert child.pid in with_root and child.pid in children_only
+        assert os.getpid() in with_root and os.getpid() not in children_only
+    finally:
+        child.kill()
+        child.wait()
