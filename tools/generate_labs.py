@@ -1,9 +1,9 @@
 """Regenerate labs/ (the student versions) from solutions/ with nbgrader.
 
-Runs ``nbgrader generate_assignment`` for every lab folder in ``solutions/``. With
-``--course-root DIR`` it works on a copy (the test that checks labs/ is up to date
-uses that); otherwise on this repository, which also records each lab in the
-instructor's gradebook.
+Runs ``nbgrader generate_assignment`` for every lab folder in ``solutions/`` (or only
+the labs named), which also records each lab in the instructor's gradebook. With
+``--course-root DIR`` it works on another course folder instead of this repository.
+tests/test_lab_sources.py checks that labs/ is what this produces.
 """
 
 from __future__ import annotations
