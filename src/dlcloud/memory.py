@@ -9,8 +9,12 @@ where Linux gives no PSS the resident size stands in (and errs high).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -89,3 +93,40 @@ class MemoryWatch:
             self._thread.join()
         self.sample()
         return self.peak_mb
+
+
+def _malloc_trim() -> None:
+    """Ask glibc's malloc to return the free memory at the top of its heaps (Linux only)."""
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass  # not glibc (macOS, musl): nothing to trim, and nothing lost
+
+
+def release_unused_memory(spark=None, settle_s: float = 0.5) -> float:
+    """Hand memory that this process (and Spark's JVM) hold but no longer use back to the system.
+
+    Runtimes keep freed memory to reuse it: Python's ``gc`` frees objects in reference
+    cycles, but glibc's malloc and pyarrow's allocator keep freed blocks, and the JVM keeps
+    its heap as large as it ever grew until a full collection shrinks it. Before a step
+    that needs much memory at once (starting TensorFlow processes), calling this returns
+    it: ``gc.collect()``, pyarrow's ``release_unused()``, glibc's ``malloc_trim`` and, given
+    a SparkSession, ``System.gc()`` in the JVM. Returns the MiB the process tree (this
+    process and its children: the JVM) shrank by.
+    """
+    before = process_tree_memory_mb()
+    gc.collect()
+    try:
+        import pyarrow
+
+        pyarrow.default_memory_pool().release_unused()
+    except ImportError:
+        pass
+    _malloc_trim()
+    if spark is not None:
+        # A full collection, after which the JVM shrinks its heap to the live data plus
+        # MaxHeapFreeRatio (see dlcloud.spark.DEFAULT_CONF) and returns the rest.
+        spark.sparkContext._jvm.System.gc()
+    time.sleep(settle_s)  # G1 uncommits the freed heap regions in the background
+    return before - process_tree_memory_mb()

@@ -49,13 +49,18 @@ DEFAULT_CONF: dict[str, str] = {
     # Small batches between JVM and Python workers keep the workers' memory low.
     "spark.sql.execution.arrow.maxRecordsPerBatch": "2048",
     # Start with a small heap and give memory back to the system once it is idle again
-    # (G1's periodic collection uncommits free heap), so that the JVM shrinks after the
-    # ETL, before TensorFlow processes start. Code cache and metaspace are capped too, and
-    # only the quick C1 compiler runs (TieredStopAtLevel=1): C2's optimizations pay off in
-    # long jobs, not in a few minutes of a lab; with MALLOC_ARENA_MAX (see start_spark) the
-    # JVM ends the ETL about 80 MiB smaller.
+    # (G1's periodic collection uncommits free heap, and so does the full collection of
+    # dlcloud.memory.release_unused_memory), so that the JVM shrinks after the ETL, before
+    # TensorFlow processes start. The young generation is capped at 10% of the heap: the
+    # lab's data live for a few seconds at most, and G1 would otherwise grow the young
+    # generation to 60% of the heap during every stage (about 70 MiB more while the
+    # two TensorFlow workers train). Code cache and metaspace are capped too, and only the
+    # quick C1 compiler runs (TieredStopAtLevel=1): C2's optimizations pay off in long
+    # jobs, not in a few minutes of a lab; with MALLOC_ARENA_MAX (see start_spark) the JVM
+    # ends the ETL about 80 MiB smaller.
     "spark.driver.extraJavaOptions": (
         "-XX:+UseG1GC -Xms64m -XX:MinHeapFreeRatio=5 -XX:MaxHeapFreeRatio=20 "
+        "-XX:+UnlockExperimentalVMOptions -XX:G1MaxNewSizePercent=10 "
         "-XX:G1PeriodicGCInterval=10000 -XX:ReservedCodeCacheSize=64m "
         "-XX:MaxMetaspaceSize=256m -Xss1m -XX:TieredStopAtLevel=1"
     ),
