@@ -40,3 +40,31 @@ def test_release_unused_memory_returns_freed_heap_to_the_system():
     assert process_tree_memory_mb(include_root=True) < grown - 100, (
         "freeing 200 MiB of small objects and trimming should shrink this process"
     )
+
+
+def test_only_containers_started_while_watching_are_counted(monkeypatch):
+    import time
+
+    from dlcloud import memory
+
+    def sleeper():
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(10)"])
+
+    earlier = sleeper()
+    time.sleep(2.5)  # start times are known to about a second
+    since = time.time()
+    later, root = sleeper(), sleeper()
+    # Two children stand in for container processes (no Docker Engine needed here); the
+    # tree watched is another child's, so that neither is counted as a descendant.
+    monkeypatch.setattr(memory, "_in_container", lambda p: p.pid in (earlier.pid, later.pid))
+    try:
+        counted = memory.process_tree_memory(
+            root.pid, include_root=False, include_containers=True,
+            containers_started_after=since)
+        assert later.pid in counted and earlier.pid not in counted
+        assert earlier.pid in memory.process_tree_memory(
+            root.pid, include_root=False, include_containers=True)
+    finally:
+        for child in (earlier, later, root):
+            child.kill()
+            child.wait()

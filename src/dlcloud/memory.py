@@ -27,15 +27,33 @@ def _in_container(process: psutil.Process) -> bool:
         return False
 
 
+def _started_after(process: psutil.Process, since: float | None) -> bool:
+    try:
+        # Linux gives start times relative to a boot time in whole seconds: allow 1 s.
+        return since is None or process.create_time() >= since - 1.0
+    except psutil.Error:
+        return False
+
+
 def process_tree_memory(
-    pid: int | None = None, include_root: bool = True, include_containers: bool = False
+    pid: int | None = None, include_root: bool = True, include_containers: bool = False,
+    containers_started_after: float | None = None,
 ) -> dict[int, tuple[str, float]]:
-    """Memory of a process, each of its descendants (and containers): ``{pid: (name, MiB)}``."""
+    """Memory of a process, each of its descendants (and containers): ``{pid: (name, MiB)}``.
+
+    ``include_containers`` adds the processes of Docker containers, which are not
+    descendants of anything a lab starts; ``containers_started_after`` (a
+    ``time.time()``) keeps only those started since then, so that containers of other
+    users of the same engine are not counted.
+    """
     root = psutil.Process(pid or os.getpid())
     processes = [root] if include_root else []
     processes += root.children(recursive=True)
     if include_containers:
-        processes += [p for p in psutil.process_iter() if _in_container(p)]
+        processes += [
+            p for p in psutil.process_iter()
+            if _in_container(p) and _started_after(p, containers_started_after)
+        ]
     usage = {}
     for proc in processes:
         try:
@@ -62,7 +80,9 @@ class MemoryWatch:
     def __init__(self, interval_s: float = 0.5, pid: int | None = None, **options):
         self.interval_s = interval_s
         self.pid = pid
-        #: ``include_root`` and ``include_containers`` of :func:`process_tree_memory`.
+        #: ``include_root``, ``include_containers`` and ``containers_started_after`` of
+        #: :func:`process_tree_memory`; watching containers counts those started since
+        #: :meth:`start` unless ``containers_started_after`` says otherwise.
         self.options = options
         self.peak_mb = 0.0
         #: ``{pid: (name, MiB)}`` of every process at the peak.
@@ -78,6 +98,9 @@ class MemoryWatch:
         return current
 
     def start(self) -> "MemoryWatch":
+        if self.options.get("include_containers"):
+            # Count the containers started while watching, not those running before.
+            self.options.setdefault("containers_started_after", time.time())
         def loop():
             while not self._done.is_set():
                 self.sample()
