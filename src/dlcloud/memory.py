@@ -10,7 +10,6 @@ where Linux gives no PSS the resident size stands in (and errs high).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import os
 import threading
@@ -101,6 +100,7 @@ class MemoryWatch:
         if self.options.get("include_containers"):
             # Count the containers started while watching, not those running before.
             self.options.setdefault("containers_started_after", time.time())
+
         def loop():
             while not self._done.is_set():
                 self.sample()
@@ -120,10 +120,11 @@ class MemoryWatch:
 
 def _malloc_trim() -> None:
     """Ask glibc's malloc to return the free memory at the top of its heaps (Linux only)."""
-    name = ctypes.util.find_library("c")
     try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
+        # CDLL(None): the symbols already loaded in this process, the C library among them
+        # (find_library would start ldconfig to look for a file we have loaded anyway).
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
         pass  # not glibc (macOS, musl): nothing to trim, and nothing lost
 
 
