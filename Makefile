@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-from-lock
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv book labs test benchmark env lock clean
+.PHONY: venv book labs check test benchmark env lock clean
 
 ## venv: the one environment, made from requirements.lock (Python 3.11)
 venv: $(STAMP)
@@ -26,9 +26,16 @@ $(STAMP): requirements.lock pyproject.toml
 book: venv
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
-## labs: regenerate the student versions in labs/ from solutions/ (and the instructor's gradebook)
+## labs: render the lab sources (solutions/<lab>/<lab>.py) into build/source/, then let
+## nbgrader write the student versions in labs/ (and record the labs in the instructor's gradebook)
 labs: venv
-	$(BIN)/python tools/generate_labs.py
+	$(BIN)/python -m dlcloud_course labs
+
+## check: the quick tier (under 2 minutes, no Docker, no Java): ruff, the lab format, labs/ in sync,
+## the static lab checks and the unit tests of both packages
+check: venv
+	$(BIN)/ruff check src tests benchmarks solutions
+	$(BIN)/python -m pytest -m "not slow and not docker and not java and not cluster and not gpu" -q
 
 ## test: build the book, then run every test (Docker tests need a Docker Engine)
 test: book
@@ -40,7 +47,7 @@ benchmark: venv
 
 ## env: derive environment.yml and binder/ from requirements.lock
 env:
-	$(PYTHON) tools/derive_env.py
+	PYTHONPATH=src $(PYTHON) -m dlcloud_course.environment
 
 ## lock: re-resolve requirements.in into requirements.lock, then derive the rest
 lock:
@@ -48,4 +55,4 @@ lock:
 	$(MAKE) env
 
 clean:
-	rm -rf _build .nbgrader
+	rm -rf _build build .nbgrader

@@ -1,8 +1,8 @@
 """nbgrader configuration of the course.
 
-Instructors author labs in ``solutions/<lab>/`` (the nbgrader *source*); ``make labs``
-writes the student versions to ``labs/<lab>/`` (the nbgrader *release*), which are
-committed. Everything that holds students' work or grades lives outside git, under
+Instructors author labs as text in ``solutions/<lab>/``; ``make labs`` renders them
+into ``build/source/<lab>/`` (the nbgrader *source*, ignored by git) and writes the
+student versions to ``labs/<lab>/`` (the nbgrader *release*), which are committed. Everything that holds students' work or grades lives outside git, under
 ``.nbgrader/`` by default, or wherever ``DLCLOUD_GRADING_DIR`` points.
 """
 
@@ -26,7 +26,7 @@ def _from_root(path: Path) -> str:
 
 c.CourseDirectory.course_id = "deep-learning-in-the-cloud"
 c.CourseDirectory.root = str(COURSE_ROOT)
-c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.source_directory = "build/source"  # rendered by `make labs`
 c.CourseDirectory.release_directory = "labs"
 c.CourseDirectory.submitted_directory = _from_root(GRADING_DIR / "submitted")
 c.CourseDirectory.autograded_directory = _from_root(GRADING_DIR / "autograded")
@@ -50,7 +50,7 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
 from nbgrader.preprocessors import GetGrades  # noqa: E402
 
-from dlcloud.grading import HideHiddenTests  # noqa: E402
+from dlcloud_course.feedback import HideHiddenTests  # noqa: E402
 
 c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
 c.HideHiddenTests.enforce_metadata = False

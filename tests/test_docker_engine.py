@@ -134,7 +134,8 @@ def test_real_wheelhouse_installs_offline_in_the_base_image(
         pytest.skip(f"PyPI is not reachable: {error}")
     (tmp_path / "Dockerfile").write_text(
         "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY requirements.txt wheelhouse/ /w/\n"
-        "RUN python3 -m venv /v && /v/bin/pip install --no-cache-dir --no-index --find-links /w -r /w/requirements.txt\n"
+        "RUN python3 -m venv /v && /v/bin/pip install --no-cache-dir --no-index --find-links /w"
+        " -r /w/requirements.txt\n"
         "CMD [\"/v/bin/python\", \"-c\", \"import idna; print(idna.__version__)\"]\n"
     )
     image, _ = docker_client.images.build(

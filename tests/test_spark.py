@@ -11,6 +11,8 @@ import pytest
 from dlcloud import spark as dspark
 from dlcloud.data import table_path
 
+pytestmark = pytest.mark.java  # Spark runs on Java 17: not in `make check`
+
 
 def test_conf_binds_loopback_and_is_small():
     conf = dspark.spark_conf()

@@ -96,7 +96,7 @@ class MemoryWatch:
             self.peak_mb, self.peak_processes = current, usage
         return current
 
-    def start(self) -> "MemoryWatch":
+    def start(self) -> MemoryWatch:
         if self.options.get("include_containers"):
             # Count the containers started while watching, not those running before.
             self.options.setdefault("containers_started_after", time.time())

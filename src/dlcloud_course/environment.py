@@ -1,6 +1,6 @@
 """Derive environment.yml and binder/ from requirements.lock, the one pinned lock.
 
-``python tools/derive_env.py`` writes the files; ``--check`` only compares and exits
+``python -m dlcloud_course.environment`` (``make env``) writes the files; ``--check`` only compares and exits
 1 naming every file that disagrees (tests/test_environment.py runs the same check).
 Standard library only, so it runs before any environment exists.
 """
@@ -12,14 +12,14 @@ import re
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "requirements.lock"
 PYTHON_VERSION = "3.11"
 # What Binder (repo2docker) installs from Debian: Java 17 for Spark, graphviz for the book.
 APT_PACKAGES = ["openjdk-17-jre-headless", "graphviz"]
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*(?:\[[^\]]+\])?)==([^\s;#]+)")
 
-HEADER = "# Generated from requirements.lock by tools/derive_env.py (`make env`): do not edit.\n"
+HEADER = "# Generated from requirements.lock by `make env` (dlcloud_course.environment): do not edit.\n"
 
 
 def locked_pins(lock_text: str) -> list[str]:
