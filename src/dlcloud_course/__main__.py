@@ -3,7 +3,9 @@
 - ``labs [--check] [LAB ...]``: render the lab sources and regenerate ``labs/`` (``make labs``);
   with ``--check``, only say what in ``labs/`` is out of date.
 - ``render LAB [--out DIR]``: write one lab's rendered notebook and files (default ``build/source``).
+- ``format LAB ...``: rewrite lab sources with jupytext's spacing (what the round-trip test wants).
 - ``list``: every lab with what it needs and its budget.
+- ``apidoc [--check]``: write the book's API page of ``dlcloud`` (``book/api.md``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,20 @@ def _render(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=REPO / SOURCE_DIR)
     args = parser.parse_args(argv)
     print(render_lab(find(args.lab), args.out))
+    return 0
+
+
+def _format(argv: list[str]) -> int:
+    from dlcloud_course.labs import find
+    from dlcloud_course.render import notebook_text, render_notebook
+
+    for name in argv:
+        source = find(name).source
+        text = source.read_text(encoding="utf-8")
+        formatted = notebook_text(render_notebook(text, where=str(source)))
+        if formatted != text:
+            source.write_text(formatted, encoding="utf-8")
+            print(f"reformatted {source}")
     return 0
 
 
@@ -46,8 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         return labs_main(rest)
     if command == "render":
         return _render(rest)
+    if command == "format":
+        return _format(rest)
     if command == "list":
         return _list(rest)
+    if command == "apidoc":
+        from dlcloud_course.apidoc import main as apidoc_main
+
+        return apidoc_main(rest)
     print(f"unknown command {command!r}\n{__doc__}", file=sys.stderr)
     return 2
 

@@ -35,6 +35,9 @@ NBGRADER_SCHEMA = 3
 JUPYTEXT_FORMAT = {"extension": ".py", "format_name": "percent", "comment_magics": False}
 # What the text keeps of the notebook: no header, only the role and points of each cell.
 JUPYTEXT_FILTERS = {"notebook_metadata_filter": "-all", "cell_metadata_filter": "-all"}
+# Keys jupytext itself adds to remember unusual spacing: not part of a lab (the round-trip
+# test asks authors to keep jupytext's spacing instead).
+JUPYTEXT_SPACING_KEYS = {"lines_to_next_cell", "lines_to_end_of_cell_marker"}
 NOTEBOOK_METADATA = {
     "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
     "language_info": {"name": "python", "version": "3.11"},
@@ -88,7 +91,8 @@ def render_notebook(text: str, where: str = "lab source") -> NotebookNode:
     notebook = nbformat.v4.new_notebook(metadata=NOTEBOOK_METADATA)
     seen: set[str] = set()
     for index, cell in enumerate(parsed.cells, start=1):
-        role, grade_id = _role_of(dict(cell.metadata), f"{where}, cell {index}")
+        header = {k: v for k, v in cell.metadata.items() if k not in JUPYTEXT_SPACING_KEYS}
+        role, grade_id = _role_of(header, f"{where}, cell {index}")
         if grade_id in seen:
             raise SourceError(f"{where}: grade_id {grade_id!r} is used twice")
         seen.add(grade_id)
