@@ -750,13 +750,66 @@ bad, bad_log, times["bad"] = build_image(TAGS["bad"], context=CONTEXT / "bad-ima
 # - `"where": "history"` for matches in the `CreatedBy` of `image.history()` steps
 #   (`location`: that `CreatedBy`);
 # - `"where": "layer"` for matches in the files of the layers (`location`:
-#   `"<layer folder>/<path in the layer>"`). Export the image with `image.save(named=False)`,
-#   a generator of byte chunks; write them to a `tempfile.TemporaryFile()`, seek to 0 and
-#   open it with `tarfile.open(fileobj=...)`. Each member whose name ends in `layer.tar`
-#   is itself a tar archive (open it with `tarfile.open(fileobj=outer.extractfile(member))`);
-#   read every regular file in it (`member.isfile()`) that is smaller than 50 MB, and search it.
+#   `"<layer>/<path in the layer>"`, where `<layer>` names the layer as the archive does).
+#
+# `image.save(named=False)` streams the image as `docker save` writes it: a tar archive of
+# tar archives, one per layer. **Which** files are the layers depends on the engine, and
+# this is where scripts found on the web break:
+#
+# - Docker Engine up to 24 (Debian's `docker.io` 20.10 among them) writes the legacy layout:
+#   `<id>/layer.tar` folders and a `manifest.json` whose `Layers` lists them, bottom first;
+# - Docker Engine 25 and later (every current Docker Desktop) writes the **OCI image
+#   layout**: content-addressed `blobs/sha256/<digest>` files, an `index.json`, and (still)
+#   a `manifest.json` whose `Layers` names blobs; no file is called `layer.tar`;
+# - a pure OCI archive (what `skopeo copy ... oci-archive:` or a registry gives) has no
+#   `manifest.json` at all: `index.json` points to a manifest blob, whose `layers` list the
+#   layer blobs by digest, often gzip-compressed.
+#
+# So follow the archive's own index, never file names: `manifest.json` when there is one,
+# else `index.json` and the manifest it names. Write the part that reads an archive,
+# `find_secrets_in_archive(fileobj, pattern)`, on its own: the tests give it archives of both
+# layouts. Skip files larger than 50 MB, and spool the stream to a temporary file in `WORK`
+# rather than holding a whole image in memory.
 
 # %% solution="find-secrets-in-layers"
+def layer_members(archive):
+    """Names of the layer tarballs of an image archive (`tarfile.TarFile`), bottom first."""
+    ### BEGIN SOLUTION
+    names = set(archive.getnames())
+    if "manifest.json" in names:  # docker save, legacy and Engine 25+
+        manifest = json.load(archive.extractfile("manifest.json"))
+        return [layer for image in manifest for layer in image["Layers"]]
+    index = json.load(archive.extractfile("index.json"))  # a pure OCI image layout
+    layers = []
+    for descriptor in index["manifests"]:
+        algorithm, digest = descriptor["digest"].split(":", 1)
+        image_manifest = json.load(archive.extractfile(f"blobs/{algorithm}/{digest}"))
+        for layer in image_manifest.get("layers", []):
+            algorithm, digest = layer["digest"].split(":", 1)
+            layers.append(f"blobs/{algorithm}/{digest}")
+    return layers
+    ### END SOLUTION
+
+
+def find_secrets_in_archive(fileobj, pattern=SECRET_PATTERN):
+    """Every match of `pattern` in the files of the layers of an image archive."""
+    ### BEGIN SOLUTION
+    found = []
+    with tarfile.open(fileobj=fileobj) as outer:
+        for name in layer_members(outer):
+            # "r:*": a layer may be plain or gzip-compressed.
+            with tarfile.open(fileobj=outer.extractfile(name), mode="r:*") as layer:
+                for entry in layer:
+                    if not entry.isfile() or entry.size > 50_000_000:
+                        continue
+                    content = layer.extractfile(entry).read()
+                    for match in pattern.finditer(content):
+                        found.append({"where": "layer", "location": f"{name}/{entry.name}",
+                                      "secret": match.group().decode()})
+    return found
+    ### END SOLUTION
+
+
 def find_secrets(image, pattern=SECRET_PATTERN):
     """Every match of `pattern` in the history and in the layer files of `image`."""
     ### BEGIN SOLUTION
@@ -769,19 +822,7 @@ def find_secrets(image, pattern=SECRET_PATTERN):
         for chunk in image.save(named=False):
             archive.write(chunk)
         archive.seek(0)
-        with tarfile.open(fileobj=archive) as outer:
-            for member in outer.getmembers():
-                if not member.name.endswith("layer.tar"):
-                    continue
-                with tarfile.open(fileobj=outer.extractfile(member)) as layer:
-                    for entry in layer:
-                        if not entry.isfile() or entry.size > 50_000_000:
-                            continue
-                        content = layer.extractfile(entry).read()
-                        for match in pattern.finditer(content):
-                            found.append({"where": "layer",
-                                          "location": f"{Path(member.name).parent}/{entry.name}",
-                                          "secret": match.group().decode()})
+        found += find_secrets_in_archive(archive, pattern)
     return found
     ### END SOLUTION
 
@@ -807,6 +848,54 @@ assert any(f["where"] == "layer" and f["secret"] == deploy_key and f["location"]
            for f in findings_bad), "The deleted deploy.env should be found in its layer"
 assert find_secrets(rebuilt) == [], "The rebuilt image should hold no secret either"
 assert find_secrets(bad, re.compile(re.escape(api_token.encode()))), "find_secrets must use the pattern it is given"
+
+
+def _as_oci_layout(image):
+    """The image as a pure OCI archive (index.json, gzip layer blobs, no manifest.json)."""
+    import gzip
+    import hashlib
+    import io
+
+    blobs = {}
+
+    def add_blob(data):
+        digest = hashlib.sha256(data).hexdigest()
+        blobs[f"blobs/sha256/{digest}"] = data
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    with tempfile.TemporaryFile(dir=WORK) as saved:
+        for chunk in image.save(named=False):
+            saved.write(chunk)
+        saved.seek(0)
+        with tarfile.open(fileobj=saved) as outer:
+            manifest = json.load(outer.extractfile("manifest.json"))[0]
+            layers = [dict(add_blob(gzip.compress(outer.extractfile(name).read(), compresslevel=1)),
+                           mediaType="application/vnd.oci.image.layer.v1.tar+gzip")
+                      for name in manifest["Layers"]]
+            config = dict(add_blob(outer.extractfile(manifest["Config"]).read()),
+                          mediaType="application/vnd.oci.image.config.v1+json")
+    image_manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                      "config": config, "layers": layers}
+    index = {"schemaVersion": 2, "manifests": [dict(add_blob(json.dumps(image_manifest).encode()),
+                                                    mediaType="application/vnd.oci.image.manifest.v1+json")]}
+    out = tempfile.TemporaryFile(dir=WORK)
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, data in {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
+                           "index.json": json.dumps(index).encode(), **blobs}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    out.seek(0)
+    return out
+
+
+with _as_oci_layout(bad) as oci_archive:
+    in_oci = find_secrets_in_archive(oci_archive)
+assert any(f["secret"] == deploy_key and f["location"].endswith("deploy.env") for f in in_oci), (
+    "find_secrets_in_archive finds nothing in an OCI image layout (index.json, blobs/sha256/..., "
+    "gzip layers, no manifest.json), the format of Docker Engine 25+ and of registries: "
+    "follow index.json to the manifest and its layers (section 7)"
+)
 ### END HIDDEN TESTS
 
 # %% [markdown] given="cleanup-text"
