@@ -10,7 +10,6 @@ import contextlib
 import functools
 import http.server
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -104,8 +103,6 @@ def missing_browser() -> str | None:
     absent = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if absent:
         return f"{' and '.join(absent)} not found (Debian: apt-get install chromium chromium-driver)"
-    if shutil.which("chromium") is None and not CHROMIUM.exists():
-        return "chromium not on PATH"
     return None
 
 

@@ -9,7 +9,6 @@ Without Debian's chromium and chromium-driver they skip, saying which is missing
 
 from __future__ import annotations
 
-import base64
 import html.parser
 import os
 import re
@@ -31,6 +30,9 @@ SEARCH_WORDS = {
     "book/05-spark-tensorflow": "Catalyst",
     "book/07-grpc-serving": "Protobuf",
 }
+# The browser tests take about 30 s together on 2 busy cores; a hung browser fails, not hangs.
+pytestmark = pytest.mark.timeout(300)
+
 # Smallest label of a diagram, in CSS pixels, that a reader can still read on a phone.
 MIN_DIAGRAM_LABEL_PX = 10
 
@@ -111,6 +113,7 @@ class Visit:
 
     page: str
     console_errors: list[str]
+    title: str
     assets: list[str]
     links: list[str]
     launch_links: list[str]
@@ -222,7 +225,9 @@ const diagrams = [...document.querySelectorAll('object.graphviz')].map(o => {
 });
 
 const header = document.querySelector('header.bd-header');
+const h1 = document.querySelector('.bd-article h1');
 return {
+  title: h1 ? h1.textContent.replace(/#$/, '').trim() : '',
   assets: [...new Set(assets)],
   links: [...document.querySelectorAll('a[href]')].map(a => a.href),
   launch_links: [...document.querySelectorAll('.dropdown-launch-buttons a')].map(a => a.href),
@@ -299,6 +304,18 @@ def _ids(url: str, cache: dict[str, set[str] | None]) -> set[str] | None:
         except urllib.error.HTTPError:
             cache[url] = None
     return cache[url]
+
+
+def test_chapter_and_lab_titles_are_punctuated_one_way(desktop_visits) -> None:
+    """``Chapter N: Title`` and ``Lab N: Title``, in the pages and so in the navigation."""
+    wrong = []
+    for visit in desktop_visits[1:]:  # the root page carries the book's title
+        kind = "Lab" if visit.page.startswith("labs/") else "Chapter"
+        if not re.fullmatch(rf"{kind} \d+: \S.*", visit.title):
+            lab = Path(visit.page).parent.name
+            source = f"the first cell of solutions/{lab}/, then `make labs`" if kind == "Lab" else f"{visit.page}.md"
+            wrong.append(f"{visit.page}: {visit.title!r} is not '{kind} N: Title' (see {source})")
+    assert not wrong, "titles punctuated another way:\n" + "\n".join(wrong)
 
 
 def test_every_internal_link_resolves(site, desktop_visits) -> None:
