@@ -15,8 +15,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "requirements.lock"
 PYTHON_VERSION = "3.11"
-# What Binder (repo2docker) installs from Debian: Java 17 for Spark, graphviz for the book.
-APT_PACKAGES = ["openjdk-17-jre-headless", "graphviz"]
+# What Binder (repo2docker) installs from Debian: Java 17 for Spark. The book's diagrams need
+# no system Graphviz: the graphviz-pure wheel of the lock draws them.
+APT_PACKAGES = ["openjdk-17-jre-headless"]
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*(?:\[[^\]]+\])?)==([^\s;#]+)")
 
 HEADER = "# Generated from requirements.lock by `make env` (dlcloud_course.environment): do not edit.\n"
