@@ -40,7 +40,7 @@ def derived_files(lock_text: str) -> dict[Path, str]:
         HEADER
         + "# For conda users; the Makefile and CI use requirements.lock with pip directly.\n"
         + "name: dlcloud\nchannels:\n  - conda-forge\ndependencies:\n"
-        + f"  - python={PYTHON_VERSION}\n  - pip\n  - openjdk=17\n  - graphviz\n"
+        + f"  - python={PYTHON_VERSION}\n  - pip\n  - openjdk=17\n"
         + "  - pip:\n" + pip_lines + "      - -e .\n"
     )
     return {
