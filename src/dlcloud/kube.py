@@ -223,8 +223,11 @@ def connect(timeout_s: float = 5.0) -> Cluster:
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             config.load_incluster_config(client_configuration=configuration)
         else:
-            config.load_kube_config(client_configuration=configuration, persist_config=False)
-            _, active = config.list_kube_config_contexts()
+            # Read KUBECONFIG now: the client reads it once, when it is imported.
+            config_file = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+            config.load_kube_config(config_file=config_file, client_configuration=configuration,
+                                    persist_config=False)
+            _, active = config.list_kube_config_contexts(config_file=config_file)
             context = active["name"]
     except (config.ConfigException, FileNotFoundError, TypeError) as error:
         where = os.environ.get("KUBECONFIG", "~/.kube/config")
