@@ -122,7 +122,9 @@ print("kubectl:", kube.tool_path("kubectl"))
 # - **What it may do.** A non-root user (`runAsNonRoot`, the uid of lab 2's image), a
 #   read-only root filesystem (writable `emptyDir` volumes only where the service writes:
 #   its database and `/tmp`), no privilege escalation, every Linux capability dropped,
-#   the runtime's default seccomp profile.
+#   the runtime's default seccomp profile. (An `emptyDir` lives and dies with its pod,
+#   so each replica keeps its own SQLite file: enough to show the mechanics, not how to
+#   keep policies. Chapter 3 explains why a scaled-out service needs a database server.)
 # - **How to replace it.** A `RollingUpdate` strategy: `maxSurge` extra pods may start
 #   before old ones stop; `maxUnavailable` bounds how many may be missing.
 #
