@@ -1166,14 +1166,16 @@ def live_run(cluster):
             results["ready_status"] = answer.status_code
             print("GET /ready through a port-forward:", answer.status_code, answer.text[:200])
         apps = client.AppsV1Api(cluster.api_client)
-        apps.patch_namespaced_deployment_scale(INSURANCE.name, namespace, {"spec": {"replicas": 3}})
+        apps.patch_namespaced_deployment_scale(INSURANCE.name, namespace, {"spec": {"replicas": 3}},
+                                             _content_type="application/merge-patch+json")
         results["scale_up_s"] = kube.wait_for_rollout(cluster, INSURANCE.name, namespace)
         image = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
         kube.server_side_apply(cluster, [client_job(image)], namespace)
         time.sleep(5)  # let the client start calling before the update begins
         new_image = image.rsplit(":", 1)[0] + f":{NEXT_TAG}"
         apps.patch_namespaced_deployment(INSURANCE.name, namespace, {"spec": {"template": {"spec": {
-            "containers": [{"name": INSURANCE.name, "image": new_image}]}}}})
+            "containers": [{"name": INSURANCE.name, "image": new_image}]}}}},
+            _content_type="application/strategic-merge-patch+json")  # merges the list by name
         print("rolling update to", new_image)
         results["rolling_update_s"] = kube.wait_for_rollout(cluster, INSURANCE.name, namespace)
         results["client"] = json.loads(kube.job_logs(cluster, "caller", namespace).strip().splitlines()[-1])
@@ -1203,9 +1205,9 @@ else:
 # %% [markdown] answer="why-zero-failed-requests" points=2
 # **Question.** A rolling update replaced every pod of the insurance service while a
 # client kept calling it, and (when it runs on a cluster) not one call failed. Explain
-# which settings of your Deployment make that so: what the readiness probe,
-# `maxUnavailable: 0` with `maxSurge: 1`, and the `preStop` pause each prevent, and what
-# would fail without each. Then name one change to the service that would make calls fail
+# which settings of your Deployment make that so: what the readiness probe, the
+# `maxUnavailable` and `maxSurge` you chose, and the `preStop` pause each prevent, and
+# what would fail without each. Then name one change to the service that would make calls fail
 # during an update even with all three in place.
 #
 # ### BEGIN SOLUTION
