@@ -542,9 +542,10 @@ assert all(o["metadata"].get("namespace") == "flight-delay" for o in gke.values(
 # An API server checks every object against its OpenAPI schema, but only when it
 # receives it: too late for a pull request. `kubernetes-validate` bundles those schemas
 # for every Kubernetes release and checks manifests offline. With `--strict` it also
-# rejects fields the schema does not know: the API server's default for `kubectl apply`
-# is now to warn, and older clients drop unknown fields silently, so a typo such as
-# `protocl` can vanish without an error. `kube.validate` reports *every* problem of every
+# rejects fields the schema does not know. Today's `kubectl` asks the API server for
+# strict field validation, but a request that does not ask (the Python client's
+# default, many CI tools, older kubectl) only gets a warning, and the unknown field is
+# dropped: a typo such as `protocl` vanishes, and the setting you meant never exists. `kube.validate` reports *every* problem of every
 # object (the command stops at the first of each object), with the path of the field.
 #
 # First the planted bad manifest `bad-manifest.yaml`: a string where an integer belongs,
