@@ -91,7 +91,8 @@ INSURANCE = App(
 MODEL_SERVER = App(
     name="quote-model-server", image="dlcloud/quote-model-server:1.0.0",
     port_name="grpc", container_port=8500, health="grpc",
-    # TensorFlow and the SavedModel: about 700 MB resident in lab 7.
+    # An estimate, not a measurement: importing TensorFlow alone takes several hundred MB.
+    # Measure under load (`kubectl top pod`) and adjust before trusting it.
     cpu_request="1", memory_request="1Gi", cpu_limit="2", memory_limit="1536Mi",
 )
 APPS = (INSURANCE, MODEL_SERVER)
