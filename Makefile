@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-from-lock
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv book labs check test benchmark env lock clean
+.PHONY: venv book labs check test benchmark env lock clean lab3-live
 
 ## venv: the one environment, made from requirements.lock (Python 3.11)
 venv: $(STAMP)
@@ -40,6 +40,11 @@ check: venv
 ## test: build the book, then run every test (Docker tests need a Docker Engine)
 test: book
 	$(BIN)/python -m pytest
+
+## lab3-live: lab 3's live section on the cluster KUBECONFIG names (minikube, kind, GKE)
+lab3-live: venv
+	$(BIN)/python -m dlcloud.kube check
+	$(BIN)/python -m pytest -m cluster tests/test_lab3_live.py -v
 
 ## benchmark: run each lab's solution and print wall time and peak memory against the budget
 benchmark: venv

@@ -32,8 +32,15 @@ from pathlib import Path
 
 import yaml
 
+__all__ = ["KUBERNETES_VERSION", "HOW_TO_GET_A_CLUSTER", "KubeToolError", "NoCluster", "Problem", "Cluster",
+           "tool_path", "to_manifest", "dump_yaml", "write_yaml", "load_yaml", "kustomize", "validate",
+           "validate_files", "connect", "cluster_or_reason", "throwaway_namespace", "server_side_apply",
+           "wait_for_rollout", "port_forward", "job_logs"]
+
+# The Kubernetes version manifests are validated against (kubernetes-validate's bundled schemas).
 KUBERNETES_VERSION = "1.37.0"
 FIELD_MANAGER = "dlcloud-course"
+# What a live cell says when no cluster answers.
 HOW_TO_GET_A_CLUSTER = (
     "To get a local cluster, run `minikube start` (https://minikube.sigs.k8s.io) or "
     "`kind create cluster` (https://kind.sigs.k8s.io), then run this cell again; "
@@ -92,6 +99,7 @@ def dump_yaml(objects: Iterable) -> str:
 
 
 def write_yaml(path: Path, objects: Iterable) -> Path:
+    """Write ``dump_yaml(objects)`` to ``path`` (folders created) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_yaml(objects))
