@@ -578,7 +578,10 @@ print("mixed precision computes in bfloat16 with float32 weights; the policy is 
 # and gives a reason tied to the device (per-operation overhead, casts, no bfloat16
 # arithmetic except matmul on the CPU). 1 point: says what XLA does (fuses operations,
 # compiles once) and what changes on a GPU with tensor cores (bfloat16 peak, halved
-# memory traffic). No point for a generic "mixed precision is faster".
+# memory traffic). No point for a generic "mixed precision is faster". On a shared
+# machine the four figures can scatter from run to run: a student who notices that the
+# differences are within that noise, and says why (a step of a few milliseconds), earns
+# the first point without naming a winner.
 # ### END SOLUTION
 
 # %% [markdown] given="pipeline-md"
