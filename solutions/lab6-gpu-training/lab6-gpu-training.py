@@ -137,7 +137,8 @@ print("float32 matmuls run as TF32:", TF32 and "tf32" in device.peak_tflops)
 #   runs, which one slow run does not move.
 #
 # Write `make_operands(m, n, k, dtype, seed=0)`, returning `a` of shape `(m, k)` and `b`
-# of shape `(k, n)`, random and of the given dtype (a string such as `"bfloat16"`), and
+# of shape `(k, n)`, random and of the given dtype (a string such as `"bfloat16"`), the
+# same operands for the same seed and new ones for another seed, and
 # `time_matmul(a, b, repeats=5, warmup=2)`, returning a dict with `"times"` (the
 # `repeats` durations in seconds of one `tf.matmul(a, b)` each) and `"seconds"` (their
 # median).
@@ -676,8 +677,8 @@ print(f"step rate {steps_per_s:.0f} steps/s; slow pipeline {slow_rate:.1f} batch
 #   which is cautious here;
 # * decode each batch only once: `cache()` keeps the decoded batches (in memory, or in a
 #   file given a path) for the following epochs;
-# * overlap input and training: `prefetch(tf.data.AUTOTUNE)` prepares the next batches
-#   while the model trains on the current one.
+# * overlap input and training: `prefetch(tf.data.AUTOTUNE)`, the last step of the
+#   pipeline, prepares the next batches while the model trains on the current one.
 #
 # The order of these steps matters: think about what each one keeps or repeats.
 
@@ -843,7 +844,8 @@ print(f"2 replicas and 1 device agree within {largest_difference:.1e}")
 #   an optimizer's variables on its first update; call `optimizer.build(model.trainable_variables)`
 #   before restoring, so that there is something to restore into;
 # * train one step at a time with `make_train_step(model, optimizer)` on
-#   `batch_for_step(step)` until `total_steps`, saving a checkpoint every `every` steps;
+#   `batch_for_step(step)` until `total_steps`, saving a checkpoint every `every` steps,
+#   numbered by its step (`manager.save(checkpoint_number=...)`), keeping the last two;
 # * when the step counter reaches `preempt_at`, raise `Preempted` *without* saving: a
 #   preemption does not wait for your next checkpoint;
 # * return a dict with `"weights"` (trainable weights as NumPy arrays) and
