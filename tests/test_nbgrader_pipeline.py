@@ -60,7 +60,16 @@ class GradedLab:
                 for notebook in submission.notebooks
                 for grade in notebook.grades
             ]
-            return submission.score, submission.max_score, grades
+            return grades
+
+    def manually_graded(self, student: str) -> list[str]:
+        """The cells nbgrader leaves for a human (written answers) in the formgrader."""
+        from nbgrader.api import Gradebook
+
+        with Gradebook(f"sqlite:///{self.grading_dir / 'gradebook.db'}") as gradebook:
+            submission = gradebook.find_submission(self.lab, student)
+            return [grade.name for notebook in submission.notebooks for grade in notebook.grades
+                    if grade.needs_manual_grade]
 
     def feedback_html(self, student: str) -> str:
         pages = sorted((self.grading_dir / "feedback" / student / self.lab).glob("*.html"))
@@ -93,15 +102,21 @@ def graded_lab(request, tmp_path_factory) -> GradedLab:
 
 @pytest.mark.slow
 def test_solution_earns_full_marks(graded_lab):
-    score, max_score, grades = graded_lab.submission(SOLUTION_AUTHOR)
-    lost = [(name, auto, top) for name, auto, top in grades if auto != top]
-    assert max_score > 0, f"{graded_lab.lab} has no graded cells"
-    assert score == max_score, f"{graded_lab.lab}: the solution lost points in {lost}"
+    """Full marks on every autograded cell; written answers wait for a human, in the formgrader."""
+    grades = graded_lab.submission(SOLUTION_AUTHOR)
+    autograded = [(name, auto, top) for name, auto, top in grades if auto is not None]
+    assert autograded, f"{graded_lab.lab} has no autograded cells"
+    lost = [(name, auto, top) for name, auto, top in autograded if auto != top]
+    assert not lost, f"{graded_lab.lab}: the solution lost points in {lost}"
+    by_hand = {name for name, auto, _ in grades if auto is None}
+    assert by_hand == set(graded_lab.manually_graded(SOLUTION_AUTHOR)), (
+        f"{graded_lab.lab}: cells without an automatic score {sorted(by_hand)} must be the written answers "
+        "that nbgrader marks for manual grading")
 
 
 @pytest.mark.slow
 def test_released_lab_earns_zero_autograded_points(graded_lab):
-    _, _, grades = graded_lab.submission(FRESH_STUDENT)
+    grades = graded_lab.submission(FRESH_STUDENT)
     earned = [(name, auto) for name, auto, _ in grades if auto]
     assert not earned, f"{graded_lab.lab}: the untouched release earns points in {earned}"
 

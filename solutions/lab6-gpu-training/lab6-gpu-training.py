@@ -1,15 +1,3 @@
-# ---
-# jupyter:
-#   jupytext:
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3 (ipykernel)
-#     language: python
-#     name: python3
-# ---
-
 # %% [markdown] given="lab-goal"
 # # Lab 6: Training models on GPU clusters
 #
@@ -117,6 +105,7 @@ for dtype, peak in device.peak_tflops.items():
     print(f"  dense peak {dtype:>9}: {peak:9.3f} TFLOP/s")
 print("float32 matmuls run as TF32:", TF32 and "tf32" in device.peak_tflops)
 
+
 # %% [markdown] given="harness-md"
 # ## 3. A matmul benchmark that does not lie
 #
@@ -211,6 +200,7 @@ assert f32_a.dtype == tf.float32 and f32_b.dtype == tf.float32, "make_operands(.
 print(f"median of {len(timing['times'])}: {timing['seconds'] * 1e6:.0f} µs; "
       f"sync_devices called {len(sync_calls)} times")
 
+
 # %% [markdown] given="sweep-md"
 # ### TFLOP/s and fraction of peak, by size and number format
 #
@@ -304,6 +294,7 @@ else:
     print("GPU check skipped: no GPU in this machine, so no bfloat16 fraction of a GPU's peak "
           "to check (run the lab on a GPU, or benchmarks/gpu_matmul.py)")
 
+
 # %% [markdown] given="roofline-md"
 # ## 4. The roofline
 #
@@ -343,6 +334,7 @@ addition = measure_addition()
 bandwidth_gbps = device.memory_gbps or addition["gbps"]
 print(f"the addition moved {addition['gbps']:.1f} GB/s; the roofline uses {bandwidth_gbps:.1f} GB/s "
       f"({'datasheet' if device.memory_gbps else 'measured'})")
+
 
 # %% [markdown] given="attainable-md"
 # Write `attainable_tflops(intensity, peak_tflops, bandwidth_gbps)`: the roofline's
@@ -455,6 +447,7 @@ def build_model(mean=train_mean, variance=train_variance):
 
 
 print(f"{len(x_all)} flights, {y_all.mean():.1%} delayed; training slices of {len(x_train)}")
+
 
 # %% [markdown] given="throughput-md"
 # **Mixed precision** computes in a 16-bit format (bfloat16 or float16) and keeps the
@@ -667,6 +660,7 @@ print(f"step rate {steps_per_s:.0f} steps/s; slow pipeline {slow_rate:.1f} batch
       f"({slow_calls} decodes for 2 epochs of {PIPELINE_BATCHES} batches): "
       f"{'input-bound' if slow_rate < steps_per_s else 'compute-bound'}")
 
+
 # %% [markdown] given="fast-pipeline-md"
 # Write `fast_pipeline()`, the same batches (same values, same order) delivered much
 # faster, still from `raw_batches()` and `slow_decode`:
@@ -727,6 +721,7 @@ assert "Prefetch" in type(fast).__name__, (
 )
 ### END HIDDEN TESTS
 print(f"{fast_rate / slow_rate:.0f}x the input rate; each batch decoded once")
+
 
 # %% [markdown] given="mirrored-md"
 # ## 7. Data parallelism: two replicas, one model
@@ -819,6 +814,7 @@ assert all(np.allclose(a, b, rtol=0, atol=1e-5) for a, b in zip(bigger_batch, si
 )
 ### END HIDDEN TESTS
 print(f"2 replicas and 1 device agree within {largest_difference:.1e}")
+
 
 # %% [markdown] given="checkpoint-md"
 # ## 8. Checkpoints, preemption and resuming

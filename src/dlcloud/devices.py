@@ -23,6 +23,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+__all__ = ["SOURCES_CHECKED", "Device", "GPU_TABLE", "gpu_device", "cpu_device", "current_device",
+           "read_cpuinfo", "vector_flops_per_cycle", "unknown_gpu"]
+
 #: Where each figure of :data:`GPU_TABLE` comes from, checked on this date.
 SOURCES_CHECKED = "2026-12-01"
 
