@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,8 +41,6 @@ CORRECT, BLANK, BY_ZIP = "correct-student", "blank-student", "zip-student"
 TAMPERED_CELL = "state-machine-follows-happy-path"
 # Canvas names a file in its download <login>[_LATE]_<user id>_<file id>_<uploaded name>.
 CANVAS_FILE_NAME = f"{BY_ZIP}_LATE_4242_987654_{LAB}-1.ipynb"
-
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def git_status() -> str:
@@ -235,6 +234,8 @@ def scores(term: Term) -> dict[str, tuple[float, float]]:
         }
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_release_sets_up_an_exchange_students_can_write(term):
     exchange = term.grading / "exchange"
     assert exchange.is_dir(), (
@@ -247,6 +248,8 @@ def test_release_sets_up_an_exchange_students_can_write(term):
     assert released.exists(), f"release_assignment did not put {LAB} in the exchange: {released}"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_every_submission_is_collected(term):
     submitted = sorted(p.name for p in (term.grading / "submitted").iterdir())
     assert submitted == sorted([CORRECT, BLANK, BY_ZIP]), (
@@ -259,6 +262,8 @@ def test_every_submission_is_collected(term):
     )
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_autograde_scores_each_student(term):
     graded = scores(term)
     correct, top = graded[CORRECT]
@@ -271,6 +276,8 @@ def test_autograde_scores_each_student(term):
     )
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_only_a_real_edit_of_a_locked_cell_is_reported(term):
     log = term.outputs["autograde"].stdout + term.outputs["autograde"].stderr
     checksum_lines = [line for line in log.splitlines() if "checksum" in line]
@@ -282,6 +289,8 @@ def test_only_a_real_edit_of_a_locked_cell_is_reported(term):
     )
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_nbgrader_release_feedback_crashes_on_zip_collected_submissions(term):
     """The bug the feedback command works around (nbgrader 0.9.6): if this fails, nbgrader fixed it."""
     raw = term.outputs["raw release_feedback"]
@@ -294,6 +303,8 @@ def test_nbgrader_release_feedback_crashes_on_zip_collected_submissions(term):
     )
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_feedback_reaches_every_student(term):
     for student in (CORRECT, BLANK):
         pages = list((term.student_home(student) / LAB / "feedback").rglob(f"{LAB}.html"))
@@ -307,6 +318,8 @@ def test_feedback_reaches_every_student(term):
     )
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_grades_are_exported_inside_the_grading_folder(term):
     grades = term.grading / "grades.csv"
     assert grades.exists(), (
@@ -323,6 +336,8 @@ def test_grades_are_exported_inside_the_grading_folder(term):
     )
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_no_file_is_left_in_the_git_tree(term):
     before, after = term.outputs["git status"].stdout, term.outputs["git status"].stderr
     assert after == before, (
@@ -330,6 +345,8 @@ def test_no_file_is_left_in_the_git_tree(term):
     )
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_formgrader_lists_the_labs(term, tmp_path):
     from dlcloud_course.instructor import Course, formgrader_command
 
@@ -363,3 +380,39 @@ def test_formgrader_lists_the_labs(term, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    "file_name, student, notebook",
+    [
+        (f"ada_4242_987654_{LAB}.ipynb", "ada", LAB),
+        (f"ada_LATE_4242_987654_{LAB}.ipynb", "ada", LAB),
+        (f"ada-l_4242_987654_{LAB}-2.ipynb", "ada-l", LAB),
+    ],
+)
+def test_zip_collect_pattern_reads_canvas_file_names(file_name, student, notebook):
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(REPO)).load_config()
+    pattern = config.FileNameCollectorPlugin.named_regexp
+    match = re.match(pattern, f"/grading/downloaded/{LAB}/extracted/{file_name}")
+    assert match, f"named_regexp in nbgrader_config.py does not match Canvas's {file_name}"
+    assert (match["student_id"], match["file_id"]) == (student, notebook), (
+        f"named_regexp read {file_name} as {match.groupdict()}"
+    )
+
+
+def test_students_without_exchange_are_those_without_a_secret(tmp_path):
+    from dlcloud_course.instructor import Course, students_without_exchange
+
+    (tmp_path / "nbgrader_config.py").write_text(
+        "c = get_config()\nc.CourseDirectory.feedback_directory = 'fb'\n"
+    )
+    for student, secret in [("via-exchange", True), ("via-lms", False)]:
+        folder = tmp_path / "fb" / student / LAB
+        folder.mkdir(parents=True)
+        if secret:
+            (folder / "submission_secret.txt").write_text("s")
+    assert students_without_exchange(Course(tmp_path), LAB) == ["via-lms"], (
+        "only a feedback folder without submission_secret.txt is one release_feedback cannot handle"
+    )
