@@ -263,3 +263,16 @@ def test_the_edition_book_builds(student_edition, tmp_path):
     assert (book / "_build" / "html" / "labs" / "lab1-bpaas" / "lab1-bpaas.html").exists(), (
         "lab 1's page is missing"
     )
+
+
+def test_rebuilding_into_a_clone_keeps_its_git_folder(tmp_path):
+    clone = tmp_path / "student-clone"
+    (clone / ".git").mkdir(parents=True)
+    (clone / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    edition.build(clone, PLAN)
+    (clone / "labs" / "stale-file.txt").write_text("from an older edition")
+    edition.build(clone, PLAN, force=True)
+    assert (clone / ".git" / "HEAD").exists(), "rebuilding the edition deleted the clone's .git"
+    assert not (clone / "labs" / "stale-file.txt").exists(), (
+        "rebuilding kept a file of the old edition"
+    )

@@ -215,14 +215,19 @@ def find_leaks(edition: Path, secrets: dict[str, set[str]]) -> list[str]:
 
 
 def _prepare_outdir(outdir: Path, force: bool) -> None:
-    if outdir.exists() and any(outdir.iterdir()):
-        if not (force and (outdir / MARKER).exists()):
-            raise SystemExit(
-                f"{outdir} is not empty. Give an empty folder, or --force to replace an edition"
-                f" built before (one that holds {MARKER})."
-            )
-        shutil.rmtree(outdir)
+    """An empty ``outdir``; its ``.git`` survives, so a clone of the students' repository works."""
     outdir.mkdir(parents=True, exist_ok=True)
+    entries = [p for p in outdir.iterdir() if p.name != ".git"]
+    if entries and not (force and (outdir / MARKER).exists()):
+        raise SystemExit(
+            f"{outdir} is not empty. Give an empty folder (a fresh clone of the students' repository"
+            f" is fine), or --force to replace an edition built before (one that holds {MARKER})."
+        )
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _copy_labs(repo: Path, outdir: Path, labs: list[str]) -> None:
