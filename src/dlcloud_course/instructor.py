@@ -35,6 +35,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +114,18 @@ def ensure_exchange(course: Course) -> Path:
     return exchange
 
 
+def _warn_if_not_in_the_plan(course: Course, lab: str) -> None:
+    plan = course.root / "release-plan.toml"
+    if plan.exists() and lab not in tomllib.loads(plan.read_text()).get("labs", {}).get(
+        "released", []
+    ):
+        print(
+            f"note: {plan.name} does not list {lab} as released: the student edition leaves it out"
+        )
+
+
 def release(course: Course, lab: str, force: bool = False) -> None:
+    _warn_if_not_in_the_plan(course, lab)
     exchange = ensure_exchange(course)
     course.nbgrader("release_assignment", lab, *(["--force"] if force else []))
     print(f"released {lab} to the exchange {exchange / course.course_id / 'outbound' / lab}")
