@@ -276,3 +276,20 @@ def test_rebuilding_into_a_clone_keeps_its_git_folder(tmp_path):
     assert not (clone / "labs" / "stale-file.txt").exists(), (
         "rebuilding kept a file of the old edition"
     )
+
+
+def test_secret_lines_read_the_text_form_of_the_labs_too(tmp_path):
+    """Labs become jupytext percent files (solutions/<lab>/<lab>.py): the scan must not care."""
+    import jupytext
+
+    for folder in ("labs", "book", "src/dlcloud"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    for lab_dir in sorted(p for p in (REPO / "solutions").iterdir() if p.is_dir()):
+        target = tmp_path / "solutions" / lab_dir.name
+        target.mkdir(parents=True)
+        for path in edition.lab_source_notebooks(lab_dir):
+            jupytext.write(jupytext.read(path), target / f"{lab_dir.name}.py", fmt="py:percent")
+    assert edition.secret_lines(tmp_path) == edition.secret_lines(REPO), (
+        "secret_lines finds other lines in the percent-format sources than in the notebooks;"
+        " see lab_source_notebooks() and read_cells()"
+    )
