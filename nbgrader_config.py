@@ -33,6 +33,21 @@ c.CourseDirectory.autograded_directory = _from_root(GRADING_DIR / "autograded")
 c.CourseDirectory.feedback_directory = _from_root(GRADING_DIR / "feedback")
 c.CourseDirectory.db_url = f"sqlite:///{GRADING_DIR / 'gradebook.db'}"
 
+# Every other grading file stays in the grading folder too, never in the git tree.
+# The exchange (release, fetch, submit, collect) defaults to one for use on this machine;
+# on a JupyterHub point DLCLOUD_EXCHANGE_DIR at the exchange shared with the students.
+c.Exchange.root = os.environ.get("DLCLOUD_EXCHANGE_DIR", str(GRADING_DIR / "exchange"))
+c.CsvExportPlugin.to = str(GRADING_DIR / "grades.csv")
+# zip_collect formats its paths after joining them to the root: a relative path is needed.
+c.ZipCollectApp.downloaded_directory = _from_root(GRADING_DIR / "downloaded")
+# zip_collect: an LMS's download of all submissions, unzipped into
+# downloaded/<lab>/archive/. Canvas names each file <login>[_LATE]_<user id>_<file id>_
+# <name as uploaded>[-<n> for a re-upload]; students upload the notebook under its own
+# name (lab1-bpaas.ipynb). For another LMS, change this one pattern.
+c.FileNameCollectorPlugin.named_regexp = (
+    r".*/(?P<student_id>[^_/]+)(?:_LATE)?_[0-9]+_[0-9]+_(?P<file_id>[^/]+?)(?:-[0-9]+)?\.ipynb$"
+)
+
 # The one place for cell timeouts: heavy labs start Spark, TensorFlow, gRPC servers
 # and Docker builds in a single cell, so a cell may take minutes on 2 cores.
 LAB_CELL_TIMEOUT_S = 900
@@ -54,3 +69,9 @@ from dlcloud_course.feedback import HideHiddenTests  # noqa: E402
 
 c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
 c.HideHiddenTests.enforce_metadata = False
+
+# Autograde warns about a changed locked cell only when a student really changed one,
+# not for every cell whose hidden tests the release left out (see dlcloud_course.checksums).
+from dlcloud_course.checksums import sanitize_preprocessors
+
+c.Autograde.sanitize_preprocessors = sanitize_preprocessors()
