@@ -17,6 +17,8 @@ RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps \
         --find-links /tmp/build/wheelhouse -r /tmp/build/requirements.lock \
     && /opt/venv/bin/pip check
+# This stage is kept (tagged :environment) as the build cache: labelled for cleanup.
+LABEL dlcloud.course-image=1
 
 # --- the image students run -------------------------------------------------------
 FROM ${BASE_IMAGE}

