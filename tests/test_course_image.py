@@ -385,3 +385,28 @@ def test_lab_solution_validates_and_the_release_does_not(jupyterlab):
         "The untouched released lab 1 (~/labs/lab1-bpaas) passes Validate in the course image: "
         "its tests must fail until the student writes the code"
     )
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(900)
+def test_validate_button_reports_the_untouched_release_as_failing(jupyterlab):
+    # The request that JupyterLab's Validate button sends, for the lab in ~/labs.
+    path = "labs/lab1-bpaas/lab1-bpaas.ipynb"
+    request = urllib.request.Request(
+        f"{jupyterlab['base']}/assignments/validate",
+        data=json.dumps({"path": path}).encode(),
+        headers={
+            "Authorization": f"token {jupyterlab['token']}",
+            "Content-Type": "application/json",
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=900) as response:
+        answer = json.load(response)
+    assert answer["success"], (
+        f"The Validate button's request for ~/{path} failed inside the course image: "
+        f"{str(answer['value'])[-2000:]}"
+    )
+    assert answer["value"].get("failed"), (
+        f"The Validate button passes the untouched ~/{path}; its tests must fail: {answer['value']}"
+    )

@@ -306,7 +306,15 @@ def build_course_image(
     repository = tag.rpartition(":")[0] or tag
     context = _cache_root() / "course-image-context"
     prepare_context(context)
-    environment = _build(client, context, tag, build_args, labels, log)
+    try:
+        environment = _build(client, context, tag, build_args, labels, log)
+    except RuntimeError as error:
+        # On an engine shared with other test sessions, their cleanup of dangling images
+        # can delete an intermediate image of this build while it runs ("failed to get
+        # digest ... no such file"). The layers built so far are cached: try once more.
+        if "no such file or directory" not in str(error).lower():
+            raise
+        environment = _build(client, context, tag, build_args, labels, log)
     # The environment stage gets its own tag: an untagged stage is "dangling", and any
     # `docker image prune` (or another test's cleanup) would throw the slow layer away.
     if environment is not None:
