@@ -304,17 +304,19 @@ def build_course_image(
     labels = {IMAGE_LABEL: "1", **(labels or {})}
     build_args = {"BASE_IMAGE": base_image}
     repository = tag.rpartition(":")[0] or tag
-    context = _cache_root() / "course-image-context"
-    prepare_context(context)
-    try:
-        environment = _build(client, context, tag, build_args, labels, log)
-    except RuntimeError as error:
-        # On an engine shared with other test sessions, their cleanup of dangling images
-        # can delete an intermediate image of this build while it runs ("failed to get
-        # digest ... no such file"). The layers built so far are cached: try once more.
-        if "no such file or directory" not in str(error).lower():
-            raise
-        environment = _build(client, context, tag, build_args, labels, log)
+    # A context per build (hard links, so cheap): two sessions may build at once.
+    _cache_root().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="course-image-context-", dir=_cache_root()) as work:
+        context = prepare_context(Path(work) / "context")
+        try:
+            environment = _build(client, context, tag, build_args, labels, log)
+        except RuntimeError as error:
+            # On an engine shared with other test sessions, their cleanup of dangling
+            # images can delete an intermediate image of this build while it runs ("failed
+            # to get digest ... no such file"). The layers built so far are cached: retry.
+            if "no such file or directory" not in str(error).lower():
+                raise
+            environment = _build(client, context, tag, build_args, labels, log)
     # The environment stage gets its own tag: an untagged stage is "dangling", and any
     # `docker image prune` (or another test's cleanup) would throw the slow layer away.
     if environment is not None:
