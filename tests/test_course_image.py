@@ -261,6 +261,11 @@ def test_container_runs_as_jovyan_with_labs_and_java_17(jupyterlab):
     assert code == 0 and "lab1-bpaas" in labs.split(), (
         f"docker/entrypoint.sh must copy the released labs into ~/labs, found: {labs!r}"
     )
+    code, mode = _exec(container, ["stat", "-c", "%a", "/srv/nbgrader/exchange"])
+    assert mode.strip() == "777", (
+        f"nbgrader's exchange /srv/nbgrader/exchange must be writable by all (777), is {mode!r}: "
+        "see `install -d` in the Dockerfile"
+    )
     code, java = _exec(container, ["java", "-version"])
     assert code == 0 and 'version "17.' in java, (
         f"`java -version` in the image must be Java 17: {java}"
@@ -409,4 +414,39 @@ def test_validate_button_reports_the_untouched_release_as_failing(jupyterlab):
     )
     assert answer["value"].get("failed"), (
         f"The Validate button passes the untouched ~/{path}; its tests must fail: {answer['value']}"
+    )
+
+
+@pytest.mark.docker
+def test_under_a_hub_without_jupyterhub_the_start_script_says_what_to_add(
+    docker_client, course_image
+):
+    import docker.errors
+
+    labels = {"dlcloud.test": "1", "dlcloud.test.course-image": "1"}
+    has_singleuser = docker_client.containers.run(
+        course_image,
+        ["sh", "-c", "command -v jupyterhub-singleuser || true"],
+        network_mode="none",
+        remove=True,
+        labels=labels,
+    ).strip()
+    if has_singleuser:
+        pytest.skip("the image has jupyterhub-singleuser (the lock pins jupyterhub now)")
+    # A hub sets JUPYTERHUB_API_TOKEN: without jupyterhub-singleuser the image cannot be a
+    # hub's server, and must say what to add rather than start a server the hub can't use.
+    try:
+        docker_client.containers.run(
+            course_image,
+            environment={"JUPYTERHUB_API_TOKEN": "from-a-hub"},
+            network_mode="none",
+            remove=True,
+            stderr=True,
+            labels=labels,
+        )
+        output = "(the container exited 0)"
+    except docker.errors.ContainerError as error:
+        output = error.stderr.decode()
+    assert "requirements.in" in output and "jupyterhub" in output, (
+        f"docker/start-notebook.sh must refuse and say what to add when a hub starts it: {output!r}"
     )
