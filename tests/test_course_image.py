@@ -418,35 +418,16 @@ def test_validate_button_reports_the_untouched_release_as_failing(jupyterlab):
 
 
 @pytest.mark.docker
-def test_under_a_hub_without_jupyterhub_the_start_script_says_what_to_add(
-    docker_client, course_image
-):
-    import docker.errors
-
+def test_a_hub_gets_jupyterhub_singleuser_at_the_locked_version(docker_client, course_image):
+    """A hub starts `jupyterhub-singleuser` (docker/start-notebook.sh); its version is the lock's."""
     labels = {"dlcloud.test": "1", "dlcloud.test.course-image": "1"}
-    has_singleuser = docker_client.containers.run(
-        course_image,
-        ["sh", "-c", "command -v jupyterhub-singleuser || true"],
-        network_mode="none",
-        remove=True,
-        labels=labels,
-    ).strip()
-    if has_singleuser:
-        pytest.skip("the image has jupyterhub-singleuser (the lock pins jupyterhub now)")
-    # A hub sets JUPYTERHUB_API_TOKEN: without jupyterhub-singleuser the image cannot be a
-    # hub's server, and must say what to add rather than start a server the hub can't use.
-    try:
-        docker_client.containers.run(
-            course_image,
-            environment={"JUPYTERHUB_API_TOKEN": "from-a-hub"},
-            network_mode="none",
-            remove=True,
-            stderr=True,
-            labels=labels,
-        )
-        output = "(the container exited 0)"
-    except docker.errors.ContainerError as error:
-        output = error.stderr.decode()
-    assert "requirements.in" in output and "jupyterhub" in output, (
-        f"docker/start-notebook.sh must refuse and say what to add when a hub starts it: {output!r}"
+    locked = re.search(r"^jupyterhub==(\S+)", (REPO / "requirements.lock").read_text(), re.M)
+    assert locked, "requirements.lock must pin jupyterhub: the course image is a hub's single-user server"
+    version = docker_client.containers.run(
+        course_image, ["sh", "-c", "jupyterhub-singleuser --version 2>&1 || true"],
+        network_mode="none", remove=True, labels=labels,
+    ).decode().strip()
+    assert version.endswith(locked.group(1)), (
+        f"jupyterhub-singleuser in the image says {version!r}, the lock pins jupyterhub=={locked.group(1)}: "
+        "rebuild the image from the lock (python -m dlcloud_course.course_image)"
     )
