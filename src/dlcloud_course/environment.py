@@ -52,6 +52,14 @@ def derived_files(lock_text: str) -> dict[Path, str]:
             "#!/bin/bash\n" + HEADER
             + "set -eo pipefail\n# The course's helper package, without touching the pinned dependencies.\n"
             + "pip install --no-deps -e .\n"
+            + "# Students' nbgrader settings wherever a lab is opened (Validate's timeout), and no\n"
+            + "# instructor tools; Binder has no exchange, so no assignment list either.\n"
+            + "mkdir -p \"$HOME/.jupyter\"\n"
+            + "cp docker/nbgrader_config.py \"$HOME/.jupyter/nbgrader_config.py\"\n"
+            + "jupyter server extension disable --sys-prefix nbgrader.server_extensions.formgrader \\\n"
+            + "    nbgrader.server_extensions.course_list nbgrader.server_extensions.assignment_list\n"
+            + "jupyter labextension disable --level=sys_prefix @jupyter/nbgrader:formgrader \\\n"
+            + "    @jupyter/nbgrader:course-list @jupyter/nbgrader:create-assignment @jupyter/nbgrader:assignment-list\n"
         ),
     }
 
