@@ -59,7 +59,8 @@ def derived_files(lock_text: str) -> dict[Path, str]:
             + "jupyter server extension disable --sys-prefix nbgrader.server_extensions.formgrader \\\n"
             + "    nbgrader.server_extensions.course_list nbgrader.server_extensions.assignment_list\n"
             + "jupyter labextension disable --level=sys_prefix @jupyter/nbgrader:formgrader \\\n"
-            + "    @jupyter/nbgrader:course-list @jupyter/nbgrader:create-assignment @jupyter/nbgrader:assignment-list\n"
+            + "    @jupyter/nbgrader:course-list @jupyter/nbgrader:create-assignment \\\n"
+            + "    @jupyter/nbgrader:assignment-list\n"
         ),
     }
 
