@@ -35,7 +35,7 @@ labs: venv
 ## the static lab checks and the unit tests of both packages
 check: venv
 	$(BIN)/ruff check src tests benchmarks solutions
-	$(BIN)/python -m pytest -m "not slow and not docker and not java and not cluster and not gpu" -q
+	$(BIN)/python -m pytest -m "not slow and not docker and not java and not cluster and not gpu and not browser" -q
 
 ## test: build the book, then run every test (Docker tests need a Docker Engine)
 test: book

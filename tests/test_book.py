@@ -31,7 +31,8 @@ SEARCH_WORDS = {
     "book/07-grpc-serving": "Protobuf",
 }
 # The browser tests take about 30 s together on 2 busy cores; a hung browser fails, not hangs.
-pytestmark = pytest.mark.timeout(300)
+# The built book (make test builds it first) in headless Chromium: not in `make check`.
+pytestmark = [pytest.mark.timeout(300), pytest.mark.browser]
 
 # Smallest label of a diagram, in CSS pixels, that a reader can still read on a phone.
 MIN_DIAGRAM_LABEL_PX = 10

@@ -258,10 +258,9 @@ def _copy_runtime(repo: Path, outdir: Path) -> None:
         ignore=shutil.ignore_patterns(*INSTRUCTOR_MODULES, "__pycache__", "*.pyc"),
     )
     shutil.copytree(repo / "binder", outdir / "binder", ignore=IGNORED)
-    # Students' nbgrader settings (Validate's timeout, no instructor tools): the course
-    # image installs them in /etc/jupyter, binder/postBuild in the user's ~/.jupyter.
-    (outdir / "docker").mkdir(exist_ok=True)
-    shutil.copy2(repo / "docker" / "nbgrader_config.py", outdir / "docker" / "nbgrader_config.py")
+    # The course image's settings, public by design: binder/postBuild installs the students'
+    # nbgrader settings from there, and chapter 1 includes the hub's values file.
+    shutil.copytree(repo / "docker", outdir / "docker", ignore=IGNORED)
 
 
 def _lab_number(lab: str) -> str:
