@@ -73,7 +73,7 @@ def _config_assignments(path: Path) -> dict[str, object]:
     """The ``c.Section.option = literal`` lines of a Jupyter config file, by "Section.option"."""
     found: dict[str, object] = {}
     names: dict[str, object] = {}
-    for node in ast.parse(path.read_text()).body:
+    for node in ast.walk(ast.parse(path.read_text())):  # inside an `if` too
         if not isinstance(node, ast.Assign) or len(node.targets) != 1:
             continue
         target = node.targets[0]
