@@ -979,7 +979,10 @@ with tempfile.TemporaryDirectory() as race_tmp:
 
     def claim_racing_with_same_key(_):
         same_key_barrier.wait(timeout=10)
-        return race_store.claim(race_ids[0], "one-key-for-all")
+        try:
+            return race_store.claim(race_ids[0], "one-key-for-all")
+        except Exception as error:  # reported below, with what it means
+            return f"raised {type(error).__name__}: {error}"
 
     def claim_racing_with_own_key(i):
         own_key_barrier.wait(timeout=10)
@@ -988,6 +991,8 @@ with tempfile.TemporaryDirectory() as race_tmp:
 
     with concurrent.futures.ThreadPoolExecutor(8) as race_pool:
         same_key_answers = list(race_pool.map(claim_racing_with_same_key, range(8), timeout=60))
+    same_key_failures = [a for a in same_key_answers if isinstance(a, str)]
+    assert not same_key_failures, f"8 concurrent claims with the same key must all replay the first answer, but {len(same_key_failures)} raised, e.g. {same_key_failures[0] if same_key_failures else ''}: a race between checking the key and writing; check the key inside the BEGIN IMMEDIATE transaction ({where})"
     assert all(a == same_key_answers[0] for a in same_key_answers), f"8 concurrent claims with the same key must all get the same answer: {where}"
     same_key_payouts = PolicyStore(race_db).payouts(race_ids[0])
     assert len(same_key_payouts) == 1, f"8 concurrent claims with the same key must pay exactly once, got {len(same_key_payouts)} payouts: use BEGIN IMMEDIATE and check the key inside the transaction ({where})"
@@ -1054,7 +1059,10 @@ with tempfile.TemporaryDirectory() as tmp:
 ### BEGIN HIDDEN TESTS
     at_deadline = store.create_quote(FlightKey("UA", 1545, "2013-01-01", "EWR"), premium_cents=1500, payout_cents=10_000, threshold_minutes=60, purchase_deadline=deadline, model_version="flat-0.12")
     assert store.purchase(at_deadline["id"], "at-deadline", deadline)["state"] == "purchased", f"A purchase exactly at the deadline is still in time: {where}"
-    replay = store.purchase(quote["id"], "in-time", deadline + dt.timedelta(days=1))
+    try:
+        replay = store.purchase(quote["id"], "in-time", deadline + dt.timedelta(days=1))
+    except PurchaseDeadlinePassed as refusal:
+        raise AssertionError(f"A retry (same key) of a purchase that succeeded in time must replay it, even after the deadline, got {refusal}: check the key before the clock ({where})") from None
     assert replay == bought, f"A retry (same key) of a purchase that succeeded in time must replay it, even after the deadline: check the key before the clock ({where})"
     new_york = dt.timezone(dt.timedelta(hours=-5))
     other = store.create_quote(FlightKey("UA", 1545, "2013-01-01", "EWR"), premium_cents=1500, payout_cents=10_000, threshold_minutes=60, purchase_deadline=deadline, model_version="flat-0.12")
