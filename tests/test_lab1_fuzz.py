@@ -79,6 +79,7 @@ def _assert_clear_answer(response, what):
     assert len(response.content) < 32 * 1024, f"{what} answered {len(response.content)} bytes: errors must be bounded"
 
 
+@pytest.mark.slow  # a minute or more on 2 cores: `make test`, not `make check`
 def test_fuzz_from_the_openapi_schema(service, client):
     """schemathesis generates valid and invalid requests for every operation of the schema."""
     import schemathesis
@@ -169,6 +170,7 @@ def served(service, tmp_path):
         thread.join(timeout=10)
 
 
+@pytest.mark.slow  # a minute or more on 2 cores: `make test`, not `make check`
 def test_over_http_bad_json_keeps_the_connection_and_the_service(served):
     with httpx.Client(base_url=served, timeout=10) as http:
         for what, body in NON_JSON_BODIES.items():
@@ -178,6 +180,7 @@ def test_over_http_bad_json_keeps_the_connection_and_the_service(served):
         assert http.post("/quotes", json=FLIGHT_LATE).status_code == 201
 
 
+@pytest.mark.slow  # a minute or more on 2 cores: `make test`, not `make check`
 def test_over_http_a_10_mib_body_is_refused_at_once_and_health_answers_meanwhile(served):
     declared = 10 * 2**20
 

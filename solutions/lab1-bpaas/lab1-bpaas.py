@@ -1313,7 +1313,7 @@ class StorageHealth:
 class InsuranceService(NamedTuple):
     """What the routes need: the store, the flights, the terms, the pricing function, the clock."""
 
-    store: PolicyStore
+    store: "PolicyStore"
     flights: FlightData
     terms: Terms
     price: object  # FlightKey -> Pricing
@@ -1901,8 +1901,9 @@ with tempfile.TemporaryDirectory() as restart_tmp:
 #
 # You built a business process as a service: a state machine that guards every step, the payout rule on
 # real flight data, state in SQLite that survives restarts, idempotent purchase and claim that never pay
-# twice even under concurrent retries, validation that explains itself, and the two probes an orchestrator
-# needs. The following labs take this service further:
+# twice even under concurrent retries, validation that explains itself, the two probes an orchestrator
+# needs, an audit trail nobody can rewrite, a purchase deadline checked against an injectable clock, and
+# guards that give bad input a clear answer in bounded time. The following labs take this service further:
 #
 # * **Lab 2, containers:** the service and its few dependencies (FastAPI, uvicorn, pydantic, the
 #   standard library) go into a slim multi-stage container image whose health check calls `/health`; the
@@ -1911,9 +1912,10 @@ with tempfile.TemporaryDirectory() as restart_tmp:
 # * **Kubernetes:** `/health` becomes the liveness probe and `/ready` the readiness probe of a Deployment;
 #   the background loading of the flight data is why the two differ. The SQLite file lives on a
 #   persistent volume, so that a restarted pod finds every policy, as your restart test did.
-# * **Lab 7, serving:** the premium is no longer a constant: a TensorFlow model predicts the probability of
-#   a payout under a rule like ours (an hour late, or cancelled) and a gRPC server answers quotes within
-#   the checkout's time budget.
+# * **Lab 7, serving:** the premium is no longer a flat guess: a TensorFlow model predicts the probability
+#   of the product's payout event (`dlcloud.product.pays_out`, the very rule your `decide_claim` applies)
+#   and a gRPC server answers within the checkout's time budget. The service gets a `price` function that
+#   asks that server, and the model's version lands in every policy and in its audit trail.
 # * **Rollouts:** new versions of the service replace old ones gradually; because retried requests carry
 #   their idempotency keys, a retry that lands on the new version still never pays twice.
 #

@@ -701,7 +701,7 @@ class StorageHealth:
 class InsuranceService(NamedTuple):
     """What the routes need: the store, the flights, the terms, the pricing function, the clock."""
 
-    store: PolicyStore
+    store: "PolicyStore"
     flights: FlightData
     terms: Terms
     price: object  # FlightKey -> Pricing
