@@ -247,7 +247,8 @@ def test_a_vanished_volume_answers_503_and_ready_says_so(service, tmp_path):
         assert client.get("/health").status_code == 200
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only files: run as a user to test this")
+@pytest.mark.skipif(os.geteuid() == 0, reason=(
+    "root writes to read-only files: run as a user, e.g. setpriv --reuid=65534 --regid=65534 --clear-groups"))
 def test_a_read_only_database_answers_503_and_ready_says_so(service, tmp_path):
     db = tmp_path / "policies.db"
     with TestClient(service.create_app(db, table_path("flights"))) as client:
