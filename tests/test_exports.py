@@ -155,8 +155,28 @@ def test_app_from_env_reads_the_configuration(service, flights_path, tmp_path, m
     monkeypatch.setenv("DB_PATH", str(tmp_path / "env.db"))
     monkeypatch.setenv("THRESHOLD_MINUTES", "10")
     monkeypatch.setenv("PAYOUT_AMOUNT", "250")
-    monkeypatch.setenv("PREMIUM", "3.5")
+    monkeypatch.setenv("PAYOUT_PROBABILITY", "0.0112")  # premium: 25000 x 0.0112 x 1.25 = 350 cents
     with _client(service.app_from_env()) as client:
         paid = _run_process(client, FLIGHT_ON_TIME, "env")  # 11 minutes >= 10
         assert paid["state"] == "claim_paid" and paid["paid_amount"] == 250 and paid["premium"] == 3.5, paid
     assert (tmp_path / "env.db").exists(), "app_from_env must store the policies in DB_PATH"
+
+
+def test_app_from_env_names_a_bad_db_path(service, flights_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLIGHTS_PATH", str(flights_path))
+    monkeypatch.setenv("DB_PATH", str(tmp_path / "no-such-directory" / "policies.db"))
+    with pytest.raises(RuntimeError, match="DB_PATH=.*no-such-directory.*writable directory"):
+        service.app_from_env()
+
+
+def test_export_carries_the_product_and_its_defaults(service):
+    from dlcloud import product
+
+    assert service.PAYOUT_CENTS == product.PAYOUT_CENTS and service.THRESHOLD_MINUTES == product.THRESHOLD_MINUTES
+    assert service.premium_cents(10_000, 0.12) == product.premium_cents(10_000, 0.12)
+    import inspect
+
+    defaults = {name: p.default for name, p in inspect.signature(service.create_app).parameters.items()}
+    assert defaults["threshold_minutes"] == product.THRESHOLD_MINUTES
+    assert defaults["payout_amount"] == product.PAYOUT_CENTS / 100
+    assert defaults["purchase_deadline_minutes"] == product.PURCHASE_DEADLINE_MINUTES

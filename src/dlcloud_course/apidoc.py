@@ -16,7 +16,7 @@ import re
 from dlcloud_course.labs import REPO
 
 API_PAGE = REPO / "book" / "api.md"
-MODULES = ("data", "net", "java", "spark", "memory", "docker_engine", "kube", "protos", "devices")
+MODULES = ("data", "product", "net", "java", "spark", "memory", "docker_engine", "kube", "protos", "devices")
 
 PAGE_HEADER = """\
 # The student runtime: `dlcloud`

