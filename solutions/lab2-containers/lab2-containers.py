@@ -154,9 +154,10 @@ def hadolint(path: Path) -> list[dict]:
 # without the tests). Only one thing is added, at the end: an **entry point** that reads the
 # configuration from **environment variables**, because a container gets its configuration
 # from its environment, not from code. This is where lab 1's app factory pays off:
-# `create_app(db_path, flights_path, threshold_minutes, payout_amount, premium)` takes the
-# configuration as arguments, so `app_from_env()` only has to read `FLIGHTS_PATH`, `DB_PATH`,
-# `THRESHOLD_MINUTES`, `PAYOUT_AMOUNT` and `PREMIUM` and call it, and `main()` serves that app
+# `create_app(db_path, flights_path, threshold_minutes, payout_amount, payout_probability, ...)`
+# takes the configuration as arguments (its defaults are the product of `dlcloud.product`),
+# so `app_from_env()` only has to read `FLIGHTS_PATH`, `DB_PATH` and one variable per term
+# (`THRESHOLD_MINUTES`, `PAYOUT_AMOUNT`, `LOADING`, ...) and call it, and `main()` serves that app
 # with uvicorn on `HOST:PORT`. Importing the module needs no configuration at all. The next
 # cell shows the entry point.
 #

@@ -96,7 +96,7 @@ MODEL_SERVER = App(
     cpu_request="1", memory_request="1Gi", cpu_limit="2", memory_limit="1536Mi",
 )
 APPS = (INSURANCE, MODEL_SERVER)
-PAYOUT_TERMS = {"THRESHOLD_MINUTES": "60", "PAYOUT_AMOUNT": "250", "PREMIUM": "15"}
+PAYOUT_TERMS = {"THRESHOLD_MINUTES": "60", "PAYOUT_AMOUNT": "250", "LOADING": "0.25"}
 print("work folder:", WORK)
 print("kubectl:", kube.tool_path("kubectl"))
 
@@ -393,7 +393,7 @@ assert svc["spec"]["selector"] == {"app.kubernetes.io/name": "insurance-service"
     f"Service insurance-service, spec.selector is {svc['spec'].get('selector')}: select by "
     "app.kubernetes.io/name (section 2)")
 cm = kube.to_manifest(payout_terms_config_map())
-assert cm.get("data") == {"THRESHOLD_MINUTES": "60", "PAYOUT_AMOUNT": "250", "PREMIUM": "15"}, (
+assert cm.get("data") == {"THRESHOLD_MINUTES": "60", "PAYOUT_AMOUNT": "250", "LOADING": "0.25"}, (
     f"ConfigMap payout-terms, field data is {cm.get('data')}: expected PAYOUT_TERMS (section 2)")
 ### BEGIN HIDDEN TESTS
 port = svc["spec"]["ports"][0]
