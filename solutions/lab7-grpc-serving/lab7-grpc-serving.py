@@ -39,6 +39,7 @@
 # %% given="setup"
 import asyncio
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -622,6 +623,56 @@ def dtype_name(dtype: int) -> str:
     return types_pb2.DataType.Name(dtype) if dtype in types_pb2.DataType.values() else f"unknown dtype {dtype}"
 
 
+class Unparseable:
+    """Stands in for a request whose bytes are not a valid message of the method's type."""
+
+    def __init__(self, message_type: str, problem: str):
+        self.message_type, self.problem = message_type, problem
+
+
+class RefuseUnparseableRequests(grpc.aio.ServerInterceptor):
+    # grpc.aio answers bytes that fail to parse with UNKNOWN and logs a traceback on stderr;
+    # this turns them into INVALID_ARGUMENT, which tells the client what is wrong.
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        parse, method = handler.request_deserializer, handler_call_details.method
+
+        def tolerant_parse(data: bytes):
+            try:
+                return parse(data)
+            except Exception as error:  # DecodeError, or bad UTF-8 in a string field
+                return Unparseable(clip(method), clip(error))
+
+        async def refuse(request, context):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"The request to {request.message_type} is not a valid message: {request.problem}")
+
+        if handler.response_streaming:
+            behaviour = handler.unary_stream
+
+            async def stream(request, context):
+                if isinstance(request, Unparseable):
+                    await refuse(request, context)
+                result = behaviour(request, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        yield item
+                else:  # a handler that writes with context.write()
+                    await result
+
+            return handler._replace(request_deserializer=tolerant_parse, unary_stream=stream)
+        behaviour = handler.unary_unary
+
+        async def unary(request, context):
+            if isinstance(request, Unparseable):
+                await refuse(request, context)
+            return await behaviour(request, context)
+
+        return handler._replace(request_deserializer=tolerant_parse, unary_unary=unary)
+
+
 async def predict_or_abort(batcher, rows: np.ndarray, context) -> np.ndarray:
     # The batcher's answer for `rows`, or the call ends with a status that says what happened.
     try:
@@ -852,10 +903,14 @@ class QuoteService(quotes.pb2_grpc.QuoteServiceServicer):
 #
 # The server also refuses any message larger than `MAX_MESSAGE_BYTES`
 # (`grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])`):
-# gRPC then answers `RESOURCE_EXHAUSTED` before your code sees a byte.
+# gRPC then answers `RESOURCE_EXHAUSTED` before your code sees a byte. And bytes that are
+# not a valid message at all (a client with the wrong `.proto`, a corrupted frame) would
+# get `UNKNOWN` and a traceback in the server's log; the interceptor given in section 5,
+# `RefuseUnparseableRequests()`, passed as `grpc.aio.server(interceptors=[...])`, answers
+# them with `INVALID_ARGUMENT` instead.
 #
 # **Your task.** Write `start_server(batcher, port)` and `stop_server(handle, grace_s)`.
-# `start_server` creates the server with that message limit, registers
+# `start_server` creates the server with that message limit and interceptor, registers
 # `PredictionService(batcher)` and `QuoteService(batcher)`, the health servicer (overall
 # health and each of the two services `SERVING`) and reflection, binds
 # `127.0.0.1:<port>` with `server.add_insecure_port` (a free port when `port` is `None`),
@@ -899,7 +954,8 @@ async def start_server(batcher: DynamicBatcher, port: int | None = None,
     # tls: None for plaintext, or (private_key_pem, certificate_pem) to serve over TLS.
     ### BEGIN SOLUTION
     port = port or free_port()
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    server = grpc.aio.server(interceptors=[RefuseUnparseableRequests()],
+                             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(batcher), server)
     quotes.pb2_grpc.add_QuoteServiceServicer_to_server(QuoteService(batcher), server)
     health_servicer = health.aio.HealthServicer()
@@ -1111,6 +1167,12 @@ async with grpc.aio.insecure_channel(main.target) as channel:
     error = await rpc_error(stub.Predict(odd_dtype, timeout=5))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (
         f"dtype 999 must give INVALID_ARGUMENT, got {error.code()}: name it with dtype_name (section 5)")
+
+    not_a_message = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")  # raw bytes
+    error = await rpc_error(not_a_message(b"\x0a\xff\xff\xff", timeout=5))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (
+        f"Bytes that are not a PredictRequest must give INVALID_ARGUMENT, got {error.code()}: pass "
+        "interceptors=[RefuseUnparseableRequests()] to grpc.aio.server (section 7, start_server)")
 
     long_name = "m" * 100_000
     error = await rpc_error(stub.Predict(predict_request(X_probe[:1], model_name=long_name), timeout=5))
