@@ -497,6 +497,19 @@ got = np.concatenate([np.asarray(m).reshape(-1) for m in mixed])
 np.testing.assert_allclose(got, expected_probe[:23], atol=1e-5, err_msg="Multi-row requests must come back whole and in order")
 assert [len(m) for m in mixed] == [3, 7, 1, 12], (
     f"Each caller must get exactly its own rows back, got sizes {[len(m) for m in mixed]}: see DynamicBatcher (section 4)")
+b = DynamicBatcher(predict_fn, max_batch_size=32, batch_timeout_s=0.02)
+await b.start()
+try:
+    small_first = await asyncio.wait_for(asyncio.gather(
+        b.predict(X_probe[0:1]), b.predict(X_probe[1:6]), b.predict(X_probe[6:8])), 10)
+except TimeoutError:
+    raise AssertionError("3 requests (8 rows) with max_batch_size=32 were not answered within 10 s: a batch "
+                         "that cannot fill must run once batch_timeout_s has passed (section 4, _run)") from None
+finally:
+    await b.stop()
+np.testing.assert_allclose(np.concatenate([np.asarray(m).reshape(-1) for m in small_first]), expected_probe[:8],
+                           atol=1e-5, err_msg="Requests of 1, 5 and 2 rows in one batch must each get their own "
+                           "rows back, in order: slice the outputs in the order the rows were concatenated (section 4)")
 
 state = {"fail": True}
 def flaky_predict(x):
@@ -527,6 +540,18 @@ except BatcherNotRunning:
 else:
     raise AssertionError("predict() on a stopped batcher must raise BatcherNotRunning, not wait or compute")
 
+b = DynamicBatcher(predict_fn, max_batch_size=8, batch_timeout_s=0.05)
+await b.start()
+try:
+    few = await asyncio.wait_for(asyncio.gather(*(b.predict(X_probe[i:i + 1]) for i in range(3))), 2)
+except TimeoutError:
+    raise AssertionError(
+        "3 callers with max_batch_size=8 and a 50 ms batch_timeout_s were not answered within 2 s: a batch "
+        "that cannot fill must run when batch_timeout_s has passed (section 4, _run)") from None
+finally:
+    await b.stop()
+assert [len(f) for f in few] == [1, 1, 1], f"Each of 3 callers must get its own row back, got {few}"
+
 def slow_predict(x):
     time.sleep(0.5)  # a model that takes half a second
     return predict_fn(x)
@@ -535,12 +560,9 @@ await b.start()
 try:
     started = time.perf_counter()
     pending = asyncio.ensure_future(b.predict(X_probe[:1]))
-    await asyncio.sleep(0.05)
-    ticks = 0
     tick_started = time.perf_counter()
-    while not pending.done() and ticks < 10:
+    for _ in range(10):
         await asyncio.sleep(0.01)
-        ticks += 1
     loop_waited = time.perf_counter() - tick_started
     assert loop_waited < 0.35, (
         f"While the model computed, ten 10 ms sleeps on the event loop took {loop_waited:.2f} s: predict_fn "
@@ -1026,13 +1048,13 @@ def predict_request(rows, model_name=MODEL_NAME, signature_name="", tensor=None)
     return request
 
 
-async def rpc_error(call) -> grpc.RpcError:
+async def rpc_error(call, expected="an error status") -> grpc.RpcError:
     # Await `call` and return the RpcError it raised (AssertionError if it succeeded).
     try:
         await call
     except grpc.RpcError as error:
         return error
-    raise AssertionError("The call succeeded, but an error status was expected")
+    raise AssertionError(f"The call succeeded, but {expected} was expected")
 
 
 response, probabilities = await asyncio.to_thread(stock_tf_serving_predict, main.target, X_probe[:5])
@@ -1147,7 +1169,8 @@ async with grpc.aio.insecure_channel(main.target) as channel:
     short = tf.make_tensor_proto(X_probe[:2])
     short.ClearField("tensor_content")
     short.float_val.extend(X_probe[:2].reshape(-1)[:7])  # 7 of the 12 values declared
-    error = await rpc_error(stub.Predict(predict_request(None, tensor=short), timeout=5))
+    error = await rpc_error(stub.Predict(predict_request(None, tensor=short), timeout=5),
+                            "INVALID_ARGUMENT for content that does not fill its shape (refused, not padded)")
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (
         f"float_val with 7 of 12 declared values must be refused, not padded: got {error.code()} (section 5, _features_from)")
 
@@ -1450,7 +1473,12 @@ try:
         await asyncio.sleep(0.2)  # the call is now being computed
         assert not in_flight.done(), "The call should still be waiting for the model"
         await asyncio.wait_for(stop_server(draining, grace_s=3), 10)
-        reply = await asyncio.wait_for(in_flight, 5)
+        try:
+            reply = await asyncio.wait_for(in_flight, 5)
+        except (grpc.RpcError, TimeoutError) as error:
+            raise AssertionError(
+                f"A call in flight during a graceful stop must finish normally, got {error!r:.200}: stop the "
+                "batcher only after server.stop(grace_s) has let in-flight calls finish (section 7, stop_server)") from None
         np.testing.assert_allclose(tf.make_ndarray(reply.outputs["delay_probability"]), expected_probe[:2], atol=1e-5,
                                    err_msg="A call in flight during a graceful stop must finish normally (section 7, stop_server)")
         error = await rpc_error(stub.Predict(predict_request(X_probe[:1]), timeout=2))
