@@ -305,8 +305,8 @@ def premium_cents(probability: float, payout_cents: int) -> int:
 #
 # When should the worker *wait* for company? A classic batcher always waits up to
 # `batch_timeout_s` for the batch to fill, and so charges a lone caller the whole timeout
-# for company that never comes (the first benchmark of this lab measured half the
-# throughput of no batching at all with one caller). Ours waits only when there is load:
+# for company that never comes (on the course's machine, such a batcher served half as
+# many requests as no batching at all to a single caller). Ours waits only when there is load:
 # if nothing else was waiting when it took the first request, it runs that request at
 # once; if others were waiting (they arrived while the model was busy), more are likely
 # on their way, and it keeps collecting until the batch holds `max_batch_size` rows or
@@ -315,7 +315,7 @@ def premium_cents(probability: float, payout_cents: int) -> int:
 # `batch_timeout_micros`.)
 #
 # Two rules keep the server alive whatever a batch does. The model runs **off the event
-# loop** (`await asyncio.to_thread(self.predict_fn, features)`): a model call that takes
+# loop** (`asyncio.to_thread` runs a function in a worker thread): a model call that takes
 # a second in the loop would freeze every other call, health checks included, for that
 # second. And the worker **survives every exception**: anything that goes wrong with a
 # batch (the model raising, `np.concatenate` running out of memory) fails exactly the
