@@ -6,7 +6,9 @@ Prints one table (no assertions), all ratios measured in the same run:
   signature directly, on the same batch (1 row and 32 rows);
 * gRPC (TensorFlow Serving's ``PredictionService``) against a REST baseline (FastAPI +
   uvicorn, TensorFlow Serving's JSON format), one row per request;
-* dynamic batching on (up to 32 rows, 2 ms) against off (``max_batch_size=1``).
+* dynamic batching on (up to 32 rows, 2 ms, waiting only when others are queued) against
+  off (``max_batch_size=1``), measured in interleaved slices so that drift on a shared
+  machine falls on both alike.
 
 The servers run in a child process with their own event loop, the load generator in
 this one, so client and server each get a core of a 2-core machine. The model has the
@@ -79,7 +81,13 @@ def load_predict_fn(export_dir: Path):
 
 # ----------------------------------------------------------------------------- server side
 class Batcher:
-    """The lab's dynamic batcher, reduced to what the benchmark needs."""
+    """The lab's dynamic batcher, reduced to what the benchmark needs.
+
+    It waits for company only under load: a request that finds the queue empty runs at
+    once (so a lone caller pays nothing for batching); one that finds others waiting (they
+    queued while the model ran) collects until the batch is full or the timeout passes.
+    The model runs in a worker thread, off the event loop, as in the lab.
+    """
 
     def __init__(self, predict_fn, max_batch_size: int, batch_timeout_s: float):
         self.predict_fn, self.max_batch_size, self.batch_timeout_s = (
@@ -89,28 +97,45 @@ class Batcher:
 
     async def predict(self, rows):
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((rows, future))
+        self.queue.put_nowait((rows, future))
         return await future
 
-    async def run(self):
-        import numpy as np
-
+    async def collect(self) -> list:
         loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self.queue.get()]
-            n = len(batch[0][0])
-            deadline = loop.time() + self.batch_timeout_s
-            while n < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
+        batch = [await self.queue.get()]
+        await asyncio.sleep(0)  # let handlers that are already runnable enqueue first
+        company = not self.queue.empty()
+        n = len(batch[0][0])
+        deadline = loop.time() + self.batch_timeout_s
+        while n < self.max_batch_size:
+            if not self.queue.empty():
+                item = self.queue.get_nowait()
+            elif not company or (remaining := deadline - loop.time()) <= 0:
+                break
+            else:
                 try:
                     item = await asyncio.wait_for(self.queue.get(), remaining)
                 except TimeoutError:
                     break
-                batch.append(item)
-                n += len(item[0])
-            live = [(r, f) for r, f in batch if not f.cancelled()]
+            batch.append(item)
+            n += len(item[0])
+        return batch
+
+    async def run(self):
+        import numpy as np
+
+        while True:
+            live = [(r, f) for r, f in await self.collect() if not f.cancelled()]
             if not live:
                 continue
-            outputs = self.predict_fn(np.concatenate([r for r, _ in live]))
+            try:
+                outputs = await asyncio.to_thread(
+                    self.predict_fn, np.concatenate([r for r, _ in live]))
+            except Exception as error:  # a failed batch fails its callers, not the batcher
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
             self.batches += 1
             self.rows += len(outputs)
             start = 0
@@ -188,7 +213,6 @@ def _server_main(export_dir: str, ports: dict, ready) -> None:
 
 # ----------------------------------------------------------------------------- client side
 async def load_test(call, concurrency: int, requests_per_worker: int) -> dict:
-    import numpy as np
 
     latencies = []
 
@@ -201,9 +225,33 @@ async def load_test(call, concurrency: int, requests_per_worker: int) -> dict:
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - started
+    return summary(latencies, wall)
+
+
+def summary(latencies: list[float], wall: float) -> dict:
+    import numpy as np
+
     ms = np.asarray(latencies) * 1000
     return {"rps": len(ms) / wall, "p50": float(np.percentile(ms, 50)),
-            "p99": float(np.percentile(ms, 99))}
+            "p99": float(np.percentile(ms, 99)), "latencies": latencies, "wall": wall}
+
+
+async def interleaved(calls: dict, concurrency: int, requests_per_worker: int,
+                      rounds: int = 4) -> dict:
+    """Each call's load test in `rounds` slices, alternating which goes first, pooled.
+
+    A shared machine drifts (other jobs start and stop); running the set-ups one after the
+    other would charge that drift to whichever ran in the slower minute.
+    """
+    pooled = {name: ([], 0.0) for name in calls}
+    per_round = max(1, requests_per_worker // rounds)
+    for round_ in range(rounds):
+        order = list(calls) if round_ % 2 == 0 else list(reversed(calls))
+        for name in order:
+            part = await load_test(calls[name], concurrency, per_round)
+            latencies, wall = pooled[name]
+            pooled[name] = (latencies + part["latencies"], wall + part["wall"])
+    return {name: summary(latencies, wall) for name, (latencies, wall) in pooled.items()}
 
 
 def time_direct(predict_fn, rows, repeats: int) -> float:
@@ -279,9 +327,11 @@ async def measure(export_dir: Path, ports: dict, quick: bool) -> list[tuple[str,
         # 3. Batching on against off, one row per request.
         for c in (1, 8, 32):
             stats_before = (await http.get(f"http://{LOOPBACK}:{ports['rest']}/stats")).json()
-            on = await load_test(grpc_call("on", batches[1]), c, per_worker[c])
+            measured = await interleaved(
+                {"on": grpc_call("on", batches[1]), "off": grpc_call("off", batches[1])},
+                c, per_worker[c])
             stats_after = (await http.get(f"http://{LOOPBACK}:{ports['rest']}/stats")).json()
-            off = await load_test(grpc_call("off", batches[1]), c, per_worker[c])
+            on, off = measured["on"], measured["off"]
             rows_run = stats_after["on"]["rows"] - stats_before["on"]["rows"]
             batches_run = stats_after["on"]["batches"] - stats_before["on"]["batches"]
             table.append((f"batching on vs off, concurrency {c:>2}",

@@ -122,6 +122,6 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_lab7_quote_service_compiles(tmp_path):
     compiled = compile_protos(LAB7_PROTO, out_dir=tmp_path)
     assert compiled.service_names() == ["dlcloud.quotes.v1.QuoteService"]
-    request = compiled.pb2.QuoteRequest(payout_usd=200)
+    request = compiled.pb2.QuoteRequest(payout_cents=20_000)
     request.flight.origin = "JFK"
     assert compiled.pb2.QuoteRequest.FromString(request.SerializeToString()) == request
