@@ -22,8 +22,11 @@ SUSPICIOUS_NAMES = {
     "get_ipython", "excepthook", "displayhook", "__builtins__", "builtins", "gc", "ctypes",
     "_getframe", "settrace", "setprofile", "f_back", "f_locals", "tb_frame", "subprocess",
     "addaudithook", "input_transformers_cleanup", "ast_transformers", "showtraceback",
-    "run_cell", "AssertionError", "os.fork", "__code__",
+    "run_cell", "AssertionError", "os.fork", "__code__", "f_globals",
 }
+#: Parts of the course's own paths: a student's code has no reason to name them.
+COURSE_PATH_WORDS = ("gradebook", "solutions/", "submitted/", ".nbgrader", "nbgrader_config",
+                     "autograded/")
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ def suspicious_names(source: str) -> set[str]:
             found.add(node.attr)
         elif isinstance(node, ast.alias) and node.name.split(".")[0] in SUSPICIOUS_NAMES:
             found.add(node.name)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found.update(f"the path word {word!r}" for word in COURSE_PATH_WORDS
+                         if word in node.value)
     return found
 
 
