@@ -35,11 +35,29 @@ def _parser() -> argparse.ArgumentParser:
     grade.add_argument("--cpus", type=float, default=defaults.cpus)
     grade.add_argument("--pids", type=int, default=defaults.pids)
     grade.add_argument("--wall-s", type=float, default=defaults.wall_s)
+    manifests = commands.add_parser("k8s", help="write Kubernetes Job manifests for a lab")
+    manifests.add_argument("lab")
+    manifests.add_argument("--course", type=Path, default=Path.cwd(), help="course root")
+    manifests.add_argument("--out", type=Path, required=True, help="folder for the manifests")
+    manifests.add_argument("--image", required=True, help="grading image, as the cluster names it")
+    manifests.add_argument("--namespace", default="dlcloud-grading")
     return parser
+
+
+def write_kubernetes(args) -> int:
+    from .kubernetes import write_manifests
+
+    lab = Lab.at(args.course.resolve(), args.lab)
+    paths = write_manifests(args.out, lab.name, lab.students(), args.image, Limits(),
+                            namespace=args.namespace)
+    print(f"wrote {len(paths)} manifests to {args.out} (validate: kubernetes-validate --strict)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "k8s":
+        return write_kubernetes(args)
     from dlcloud import docker_engine
 
     client = docker_engine.connect()

@@ -100,28 +100,50 @@ class Lab:
         return f"sqlite:///{self.grading_dir / 'gradebook.db'}"
 
 
-def grade_one(client, image: str, lab: Lab, cells: list[InstructorCell], student: str,
-              limits: Limits, labels: dict[str, str]) -> StudentResult:
-    """Everything about one submission, without touching any file of another student."""
+@dataclass
+class Prepared:
+    """A submission read and planned on the host, before its sandbox runs."""
+
+    student: str
+    plan: object | None  # plan.Plan, or None when the submission cannot be read
+    problem: str | None
+    sha256: str
+    started: float
+
+
+def prepare(lab: Lab, cells: list[InstructorCell], student: str) -> Prepared:
+    # In the main thread: CPython 3.11's ast module is not safe to use from many threads.
     started = time.monotonic()
     path = lab.submission(student)
     submission, problem = load_submission(path)
-    if submission is None:
-        results, _ = score(cells, [])
-        return StudentResult(student, results, [("unreadable-submission", problem)],
-                             time.monotonic() - started)
-    plan = build_plan(cells, submission)
+    plan = build_plan(cells, submission) if submission is not None else None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+    return Prepared(student, plan, problem, digest, started)
+
+
+def sandbox_of(client, image: str, prepared: Prepared, limits: Limits, labels: dict[str, str]):
+    """The only step that runs in a worker thread: one container, one fresh key."""
+    if prepared.plan is None:
+        return None, b""
     key = secrets.token_bytes(32)
-    sandbox = run_in_sandbox(client, image, plan.cells, key, limits,
-                             labels={**labels, "dlcloud.grader.student": _label_safe(student)})
+    labels = {**labels, "dlcloud.grader.student": _label_safe(prepared.student)}
+    return run_in_sandbox(client, image, prepared.plan.cells, key, limits, labels=labels), key
+
+
+def conclude(cells: list[InstructorCell], prepared: Prepared, sandbox, key: bytes) -> StudentResult:
+    """Verify the records and score them, on the host, from data that crossed the boundary."""
+    if sandbox is None:
+        results, _ = score(cells, [])
+        return StudentResult(prepared.student, results, [("unreadable-submission", prepared.problem)],
+                             time.monotonic() - prepared.started, 0.0, prepared.sha256)
     records, forged = verified_records(sandbox.output, key)
     results, runner_flags = score(cells, records)
-    flags = [*plan.flags, *sandbox.flags, *forged, *runner_flags]
+    flags = [*prepared.plan.flags, *sandbox.flags, *forged, *runner_flags]
     if not finished(records) and not any(r in ("timeout", "memory-limit", "output-limit")
                                          for r, _ in sandbox.flags):
         flags.append(("did-not-finish", f"the run ended early (exit code {sandbox.exit_code})"))
-    return StudentResult(student, results, _unique(flags), time.monotonic() - started,
-                         sandbox.wall_s, hashlib.sha256(path.read_bytes()).hexdigest())
+    return StudentResult(prepared.student, results, _unique(flags),
+                         time.monotonic() - prepared.started, sandbox.wall_s, prepared.sha256)
 
 
 def _unique(flags):
@@ -144,10 +166,10 @@ def grade_lab(client, image: str, lab: Lab, workers: int = 1, limits: Limits | N
     cells = lab.cells()
     students = lab.students()
     labels = {"dlcloud.grader.lab": lab.name, **(labels or {})}
+    prepared = [prepare(lab, cells, student) for student in students]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        graded = list(pool.map(
-            lambda student: grade_one(client, image, lab, cells, student, limits, labels),
-            students))
+        ran = list(pool.map(lambda p: sandbox_of(client, image, p, limits, labels), prepared))
+    graded = [conclude(cells, p, sandbox, key) for p, (sandbox, key) in zip(prepared, ran)]
     release = lab.release_notebook()
     source = read_notebook(lab._notebook("solutions"))
     for result in graded:
