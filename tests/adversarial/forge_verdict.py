@@ -1,4 +1,5 @@
 # expect: forged-verdict
+# ruff: noqa -- written as a student would: this is the attack, not project code
 # Reach the runner's own report() through the stack and ask it to sign passes.
 import sys
 frame = sys._getframe()

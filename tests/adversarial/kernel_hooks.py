@@ -1,4 +1,5 @@
 # expect: suspicious-code, tampering
+# ruff: noqa -- written as a student would: this is the attack, not project code
 # Under nbgrader these lines made a stub-only notebook score full marks: they hide every
 # error from the kernel's reply. Here there is no kernel, and changing sys hooks is tampering.
 import sys

@@ -1,4 +1,5 @@
 # expect: refused-call
+# ruff: noqa -- written as a student would: this is the attack, not project code
 # Leave processes behind that would rewrite the grade after it was saved.
 import os, subprocess, threading, time
 try:

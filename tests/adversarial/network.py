@@ -1,4 +1,5 @@
 # expect: network
+# ruff: noqa -- written as a student would: this is the attack, not project code
 # Ask DNS, then try to reach the internet.
 import socket, urllib.request
 for attempt in (lambda: socket.getaddrinfo("pypi.org", 443),

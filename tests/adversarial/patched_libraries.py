@@ -1,4 +1,5 @@
 # expect: tampering
+# ruff: noqa -- written as a student would: this is the attack, not project code
 # Make the tests' own tools lie: every response 200, every lookup the same, isinstance true.
 import builtins
 import fastapi.testclient

@@ -1,4 +1,5 @@
 # expect: refused-call
+# ruff: noqa -- written as a student would: this is the attack, not project code
 # Skip the lines of every test with a trace function that jumps to the end of the cell.
 import sys
 def skip(frame, event, arg):

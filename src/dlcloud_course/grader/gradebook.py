@@ -50,6 +50,8 @@ class StudentResult:
     wall_s: float = 0.0
     sandbox_s: float = 0.0
     submission_sha256: str = ""
+    notebook_s: float = 0.0  # executing the cells, as the runner measured it
+    checks_s: float = 0.0  # the integrity checks before the verdicts
 
     @property
     def total(self) -> float:
@@ -142,8 +144,14 @@ def conclude(cells: list[InstructorCell], prepared: Prepared, sandbox, key: byte
     if not finished(records) and not any(r in ("timeout", "memory-limit", "output-limit")
                                          for r, _ in sandbox.flags):
         flags.append(("did-not-finish", f"the run ended early (exit code {sandbox.exit_code})"))
+    done = next((r for r in records if r.get("kind") == "done"), {})
     return StudentResult(prepared.student, results, _unique(flags),
-                         time.monotonic() - prepared.started, sandbox.wall_s, prepared.sha256)
+                         time.monotonic() - prepared.started, sandbox.wall_s, prepared.sha256,
+                         _seconds(done.get("cells_s")), _seconds(done.get("checks_s")))
+
+
+def _seconds(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and 0 <= value < 1e6 else 0.0
 
 
 def _unique(flags):
@@ -274,6 +282,7 @@ def write_outputs(lab: Lab, cells, release, source, result: StudentResult) -> No
     stored = {"student": result.student, "lab": lab.name, "total": result.total,
               "submission_sha256": result.submission_sha256, "flags": result.flags,
               "wall_s": round(result.wall_s, 3), "sandbox_s": round(result.sandbox_s, 3),
+              "notebook_s": result.notebook_s, "checks_s": result.checks_s,
               "results": [asdict(r) for r in result.results]}
     (autograded / "grader-result.json").write_text(json.dumps(stored, indent=1))
     notebook = autograded_notebook(source, cells, _student_sources(lab, result.student), result)

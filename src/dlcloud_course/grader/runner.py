@@ -23,28 +23,38 @@ compares builtins, ``sys`` hooks, the names that instructor cells bound, and the
 functions and classes of every module imported before the first student cell with a
 snapshot: a difference turns that verdict into ``tampered`` (no points).
 
+Student code shares this interpreter, so everything the trusted functions use is bound
+when they are defined, before any student code runs: builtins, tables and helpers are
+default arguments (an immutable tuple; rewriting ``__defaults__`` or ``__code__`` of a
+runner function is an audited event, refused), never looked up in module globals that a
+student could reach through a frame and rebind.
+
 What this does not stop is written in docs/grading.md (objects that lie about ``==``,
 answers tailored to the tests): those are answers, not a breach of the runner.
 """
 
+import _hashlib
 import _thread
 import builtins
-import hashlib
-import hmac
 import json
 import os
+import pathlib
 import sys
 import time
+import types
+from json.encoder import encode_basestring_ascii
 
 RECORD_PREFIX = "DLCV1"
 MAX_DETAIL = 200
 MAX_FLAG_RECORDS = 40
+#: The cells' own output goes to an unlinked file; more than this is flagged.
+OUTPUT_NOTE_BYTES = 1024 * 1024
 STUDENT_ONLY_PREFIXES = ("ctypes.", "gc.")
-RECORD_EVENTS = {"dlcloud.verdict", "dlcloud.flag", "dlcloud.done"}
-POSING_EVENTS = {"compile", "code.__new__", "marshal.loads", "marshal.load"}
+RECORD_EVENTS = frozenset({"dlcloud.verdict", "dlcloud.flag", "dlcloud.done"})
+POSING_EVENTS = frozenset({"compile", "code.__new__", "marshal.loads", "marshal.load"})
 #: Events refused outright: nothing in an honest lab needs them, and each is a way to
 #: reach the runner's state, rewrite how code runs, or leave the sandbox's rules.
-REFUSED_EVENTS = {
+REFUSED_EVENTS = types.MappingProxyType({
     "sys.settrace": "tracing (can skip a test's lines)",
     "sys.setprofile": "profiling hook",
     "sys.addaudithook": "a second audit hook",
@@ -68,65 +78,164 @@ REFUSED_EVENTS = {
     "os.kill": "signalling a process",
     "os.killpg": "signalling a process",
     "signal.pthread_kill": "signalling a process",
-}
-LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost", "0.0.0.0", "", None}
-NETWORK_EVENTS = {"socket.connect", "socket.sendto", "socket.getaddrinfo", "socket.gethostbyname",
-                  "socket.gethostbyname_ex", "socket.gethostbyaddr", "socket.bind"}
+})
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost", "0.0.0.0", ""})
+NETWORK_EVENTS = frozenset({"socket.connect", "socket.sendto", "socket.getaddrinfo",
+                            "socket.gethostbyname", "socket.gethostbyname_ex",
+                            "socket.gethostbyaddr", "socket.bind"})
 CELL_FILENAME_PREFIXES = ("<student:", "<locked:", "<test:")
+PROC_INTERNALS = frozenset({"mem", "environ", "fd", "maps", "pagemap"})
+SYS_HOOKS = ("excepthook", "displayhook", "breakpointhook", "unraisablehook")
+RUNNER_FILE = __file__
+_BEHAVIOUR_TYPES = (classmethod, staticmethod, property)
+BUILTINS_DICT, SYS_DICT = vars(builtins), vars(sys)
 
 
-def _short(value) -> str:
-    return str(value)[:MAX_DETAIL]
+def _scalar(value, _type=type, _str=str, _int=int, _float=float, _bool=bool,
+            _quote=encode_basestring_ascii, _repr=float.__repr__, _int_repr=int.__repr__,
+            _limit=MAX_DETAIL):
+    # Exact types only: isinstance() may ask an object for its __class__, which runs code.
+    kind = _type(value)
+    if value is None:
+        return "null"
+    if kind is _bool:
+        return "true" if value else "false"
+    if kind is _int:
+        return _int_repr(value)
+    if kind is _float:
+        return _repr(value)
+    if kind is _str:
+        return _quote(value[:_limit])
+    return '"?"'
 
 
-def _host_of(event: str, args: tuple):
+def _dump(record, _scalar=_scalar, _type=type, _list=list, _tuple=tuple,
+          _sorted=sorted, _str=str, _quote=encode_basestring_ascii, _join=", ".join):
+    """JSON of a flat record (scalars and lists of scalars), without the json package.
+
+    No recursion and no global names: nothing a student rebinds changes what is signed.
+    """
+    fields = []
+    for name in _sorted(record):
+        value = record[name]
+        if _type(value) is _list or _type(value) is _tuple:
+            text = "[" + _join([_scalar(item) for item in value]) + "]"
+        else:
+            text = _scalar(value)
+        fields.append(_quote(name) + ": " + text)
+    return "{" + _join(fields) + "}"
+
+
+class _Opaque:
+    """Stands for an audit argument the hook will not touch (its methods are the student's)."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return "<object>"
+
+
+OPAQUE = _Opaque()
+
+
+def _plain(value, depth=0, _type=type, _str_copy=str.__str__, _bytes_copy=bytes.__bytes__,
+           _int_copy=int.__int__, _float=float, _len=tuple.__len__, _item=tuple.__getitem__,
+           _posix_types=(pathlib.PurePosixPath, pathlib.PosixPath),
+           _parts=pathlib.PurePath.__dict__["_parts"].__get__,
+           _root=pathlib.PurePath.__dict__["_root"].__get__, _join="/".join,
+           _errors=(TypeError, ValueError, AttributeError), _opaque=OPAQUE, _tuple=tuple,
+           _range=range):
+    """An exact-type copy of an audit argument, made without running any of its methods.
+
+    The slot wrappers of the builtin types (``str.__str__``, ``tuple.__getitem__``, ...)
+    are C code that ignores a subclass's overrides; paths are read through pathlib's
+    own slot descriptors, captured before any student code ran.
+    """
+    if value is None or _type(value) is _float:
+        return value
+    for copy in (_str_copy, _bytes_copy, _int_copy):
+        try:
+            return copy(value)
+        except _errors:
+            pass
+    if _type(value) in _posix_types:
+        parts = _parts(value)
+        return _root(value) + _join(parts[1:]) if _root(value) else _join(parts)
+    if depth < 2:
+        try:
+            return _tuple([_plain(_item(value, i), depth + 1) for i in _range(_len(value))])
+        except _errors:
+            pass
+    return _opaque
+
+
+def _short(value, _str=str) -> str:
+    return _str(value)[:MAX_DETAIL]
+
+
+# The functions below see only what _plain made: exact str, bytes, int, float, None,
+# tuples of those, and OPAQUE. They compare types with "is", never isinstance().
+
+def _host_of(event, args, _type=type, _tuple=tuple, _str=str, _bytes=bytes, _len=len):
     if event in ("socket.connect", "socket.sendto", "socket.bind"):
-        address = args[1] if event != "socket.sendto" else args[2]
-        if isinstance(address, tuple) and address:
+        address = args[2] if event == "socket.sendto" and _len(args) > 2 else (
+            args[1] if _len(args) > 1 else None)
+        if _type(address) is _tuple and address:
             return address[0]
-        return "unix-socket" if isinstance(address, (str, bytes)) else address
+        return "unix-socket" if _type(address) in (_str, _bytes) else address
     return args[0] if args else None
 
 
-def _is_loopback(host) -> bool:
-    if isinstance(host, bytes):
+def _is_loopback(host, _type=type, _str=str, _bytes=bytes, _loopback=LOOPBACK_HOSTS):
+    if _type(host) is _bytes:
         host = host.decode(errors="replace")
-    return host in LOOPBACK_HOSTS or (isinstance(host, str) and host.startswith("127."))
+    if host is None:
+        return True
+    return _type(host) is _str and (host in _loopback or host.startswith("127."))
 
 
-def _refusal(event: str, args: tuple):
+def _refusal(event, args, _refused=REFUSED_EVENTS, _network=NETWORK_EVENTS, _host_of=_host_of,
+             _is_loopback=_is_loopback, _short=_short, _type=type, _str=str,
+             _bytes=bytes, _int=int, _len=len, _fsdecode=os.fsdecode, _getpid=os.getpid,
+             _internals=PROC_INTERNALS, _cells=CELL_FILENAME_PREFIXES):
     """Why ``event`` is refused, or None. Pure function of the event: no state."""
-    if event in REFUSED_EVENTS:
-        return REFUSED_EVENTS[event]
-    if event in NETWORK_EVENTS:
+    if event in _refused:
+        return _refused[event]
+    if event in _network:
         host = _host_of(event, args)
         if host == "unix-socket" and event == "socket.bind":
             return None
         if not _is_loopback(host):
-            return f"network beyond loopback ({_short(host)})"
-    if event == "open" and args and isinstance(args[0], (str, bytes)):
-        path = os.fsdecode(args[0])
+            return "network beyond loopback (" + _short(host) + ")"
+    if event == "open" and args and _type(args[0]) in (_str, _bytes):
+        path = _fsdecode(args[0])
         if path.startswith("/proc/") and not path.startswith("/proc/self/fd"):
             parts = path.split("/")
-            if len(parts) > 3 and parts[3] in ("mem", "environ", "fd", "maps", "pagemap"):
-                return f"reading process internals ({_short(path)})"
-            if len(parts) > 2 and parts[2].isdigit() and int(parts[2]) != os.getpid():
-                return f"another process's files ({_short(path)})"
-    if (event == "compile" and len(args) > 1 and isinstance(args[1], str)
-            and args[1].startswith(CELL_FILENAME_PREFIXES)):
-        return f"compiling code that poses as a cell ({_short(args[1])})"
+            if _len(parts) > 3 and parts[3] in _internals:
+                return "reading process internals (" + _short(path) + ")"
+            if _len(parts) > 2 and parts[2].isdigit() and _int(parts[2]) != _getpid():
+                return "another process's files (" + _short(path) + ")"
+    if (event == "compile" and _len(args) > 1 and _type(args[1]) is _str
+            and args[1].startswith(_cells)):
+        return "compiling code that poses as a cell (" + _short(args[1]) + ")"
     return None
 
 
-def _posing_as_trusted(event: str, args: tuple, trusted_prefixes: tuple):
+def _posing_as_trusted(event, args, trusted_prefixes, _type=type, _str=str,
+                       _bytes=bytes, _len=len, _fsdecode=os.fsdecode, _short=_short):
     """Student code making code objects that would not count as student code."""
-    if event == "compile" and len(args) > 1:
-        filename = os.fsdecode(args[1]) if isinstance(args[1], (str, bytes)) else ""
+    if event == "compile" and _len(args) > 1:
+        filename = _fsdecode(args[1]) if _type(args[1]) in (_str, _bytes) else ""
         if filename.startswith(trusted_prefixes):
-            return f"compiling code under a library's name ({_short(filename)})"
+            return "compiling code under a library's name (" + _short(filename) + ")"
     if event in ("code.__new__", "marshal.loads", "marshal.load"):
-        return f"{event}: making code objects by hand"
+        return event + ": making code objects by hand"
     return None
+
+
+def _runner_function(target, _type=type, _function=types.FunctionType, _runner=RUNNER_FILE,
+                     _str_copy=str.__str__):
+    return _type(target) is _function and _str_copy(target.__code__.co_filename) == _runner
 
 
 def install_guard(key: bytes, record_fd: int, trusted_stack: tuple):
@@ -134,28 +243,33 @@ def install_guard(key: bytes, record_fd: int, trusted_stack: tuple):
 
     ``trusted_stack`` are the code objects of report, run_plan and main: a verdict is
     signed only when exactly those frames called ``sys.audit("dlcloud.verdict")``.
+    Everything the hook uses lives in its closure, which nothing can reach but the
+    interpreter's list of audit hooks.
     """
     # "busy" is per thread: a flag shared by all threads would let one thread keep the
     # hook "busy" while another makes a refused call.
     state = {"seq": 0, "flags": 0, "busy": set()}
-    getframe, dumps, write, new_mac = sys._getframe, json.dumps, os.write, hmac.new
-    thread_id = _thread.get_ident
-    sha256 = hashlib.sha256
+    getframe, write, hmac_digest = sys._getframe, os.write, _hashlib.hmac_digest
+    thread_id, dump, refusal, posing = _thread.get_ident, _dump, _refusal, _posing_as_trusted
+    runner_function, record_events, posing_events = _runner_function, RECORD_EVENTS, POSING_EVENTS
+    student_only, max_flags, prefix = STUDENT_ONLY_PREFIXES, MAX_FLAG_RECORDS, RECORD_PREFIX
     report_code, run_code, main_code = trusted_stack
-    trusted_prefixes = tuple({sys.prefix, sys.base_prefix, os.path.dirname(__file__)}) + (
+    trusted_prefixes = tuple({sys.prefix, sys.base_prefix, os.path.dirname(RUNNER_FILE)}) + (
         "<frozen", "<string>", "<locked:", "<test:")
+    permission_error, os_error, base_exception = PermissionError, OSError, BaseException
+    str_copy, plain = str.__str__, _plain
 
     def emit(kind, payload):
         if kind == "flag":
             state["flags"] += 1
-            if state["flags"] > MAX_FLAG_RECORDS:
+            if state["flags"] > max_flags:
                 return  # still refused, no longer reported: a flood ends here
         state["seq"] += 1
-        body = dumps({"seq": state["seq"], "kind": kind, **payload}, sort_keys=True)
-        mac = new_mac(key, body.encode(), sha256).hexdigest()
+        body = dump({**payload, "seq": state["seq"], "kind": kind})
+        mac = hmac_digest(key, body.encode(), "sha256").hex()
         try:
-            write(record_fd, f"{RECORD_PREFIX} {body} {mac}\n".encode())
-        except OSError:
+            write(record_fd, (prefix + " " + body + " " + mac + "\n").encode())
+        except os_error:
             pass  # the student closed the record stream: every later verdict is missing
 
     def called_by_runner(frame):
@@ -169,8 +283,9 @@ def install_guard(key: bytes, record_fd: int, trusted_stack: tuple):
     def is_student(frame):
         # Code that is neither the interpreter's nor the libraries' nor the instructor's
         # is the student's, whatever it calls itself ("<string>" from the student is
-        # refused below, at compile time).
-        return not frame.f_code.co_filename.startswith(trusted_prefixes)
+        # refused below, at compile time). An exact copy of the name: a str subclass's
+        # startswith() would be student code running inside the hook.
+        return not str_copy(frame.f_code.co_filename).startswith(trusted_prefixes)
 
     def student_on_stack():
         frame = getframe(2)
@@ -180,105 +295,127 @@ def install_guard(key: bytes, record_fd: int, trusted_stack: tuple):
             frame = frame.f_back
         return False
 
+    def reason_for(event, raw_args):
+        # Only exact copies from here on: nothing the student defined runs in the hook.
+        args = plain(raw_args)
+        reason = refusal(event, args)
+        if reason is not None and event.startswith(student_only):
+            # Libraries load C code through ctypes at import: refuse only when a
+            # student cell is on the stack.
+            reason = reason if student_on_stack() else None
+        if reason is None and event in posing_events and is_student(getframe(2)):
+            reason = posing(event, args, trusted_prefixes)
+        if reason is None and event in ("object.__setattr__", "object.__delattr__") \
+                and raw_args and runner_function(raw_args[0]):
+            reason = "rewriting the runner's functions"
+        return reason
+
     def hook(event, args):
         me = thread_id()
         if me in state["busy"]:
             return
         state["busy"].add(me)
         try:
-            if event in RECORD_EVENTS:
-                caller = getframe(1)
-                if called_by_runner(caller):
-                    emit(event.rpartition(".")[2], args[0])
-                else:
-                    emit("flag", {"reason": "forged-verdict",
-                                  "detail": "code outside the runner asked for a signed record"})
-                    raise PermissionError("dlcloud grader: only the runner reports verdicts")
-                return
-            reason = _refusal(event, args)
-            if reason is None and event in POSING_EVENTS and is_student(getframe(1)):
-                reason = _posing_as_trusted(event, args, trusted_prefixes)
-            if reason is not None and event.startswith(STUDENT_ONLY_PREFIXES):
-                # Libraries load C code through ctypes at import: refuse only when a
-                # student cell is on the stack.
-                reason = reason if student_on_stack() else None
+            event = str_copy(event)  # sys.audit() accepts a str subclass from anyone
+            if event in record_events:
+                if called_by_runner(getframe(1)):
+                    emit(event[8:], args[0])
+                    return
+                emit("flag", {"reason": "forged-verdict",
+                              "detail": "code outside the runner asked for a signed record"})
+                raise permission_error("dlcloud grader: only the runner reports verdicts")
+            reason = reason_for(event, args)
             if reason is not None:
                 category = "network" if reason.startswith("network") else "refused-call"
-                emit("flag", {"reason": category, "detail": _short(f"{event}: {reason}")})
-                raise PermissionError(f"dlcloud grader: {event} is not allowed while grading")
+                emit("flag", {"reason": category, "detail": (event + ": " + reason)[:200]})
+                raise permission_error("dlcloud grader: " + event + " is not allowed while grading")
+        except permission_error:
+            raise
+        except base_exception:
+            # The hook itself must never be what breaks: a student's odd argument to an
+            # audited call is that call's problem, not the grader's.
+            return
         finally:
             state["busy"].discard(me)
 
     sys.addaudithook(hook)
 
 
-def report(kind: str, payload: dict) -> None:
+def report(kind: str, payload: dict, _audit=sys.audit) -> None:
     """Ask the audit hook to sign and send one record (only works from run_plan)."""
-    sys.audit(f"dlcloud.{kind}", payload)
+    _audit("dlcloud." + kind, payload)
 
 
-def _is_behaviour(value) -> bool:
-    # Methods and descriptors decide what code does; plain data (caches, flags, names)
-    # changes in honest runs.
-    return callable(value) or isinstance(value, (classmethod, staticmethod, property))
+def _snapshot_modules(_modules=sys.modules, _list=list, _tuple=tuple, _isinstance=isinstance,
+                      _dict=dict,
+                      _callable=callable, _type=type, _id=id, _getattr=getattr, _vars=vars,
+                      _behaviour=_BEHAVIOUR_TYPES):
+    """Identity of every module-level function and class, and of every class's own members.
 
-
-def _snapshot_modules():
-    """Identity of every module-level function and class, and of every class's own members."""
-    snapshot = {}
-    for name, module in list(sys.modules.items()):
-        namespace = getattr(module, "__dict__", None)
-        if not isinstance(namespace, dict):
+    Methods and descriptors decide what code does; plain data (caches, flags, names)
+    changes in honest runs and is left out.
+    """
+    snapshot = []
+    for name, module in _list(_modules.items()):
+        namespace = _getattr(module, "__dict__", None)
+        if not _isinstance(namespace, _dict):
             continue
-        entries = {}
-        for attr, value in list(namespace.items()):
-            if callable(value):
-                entries[attr] = id(value)
-                if isinstance(value, type) and getattr(value, "__module__", None) == name:
-                    for member, member_value in list(vars(value).items()):
-                        if _is_behaviour(member_value):
-                            entries[f"{attr}.{member}"] = id(member_value)
-        snapshot[name] = (module, entries)
-    return snapshot
+        entries = []
+        for attr, value in _list(namespace.items()):
+            if not _callable(value):
+                continue
+            entries.append((attr, _id(value)))
+            if _isinstance(value, _type) and _getattr(value, "__module__", None) == name:
+                for member, member_value in _list(_vars(value).items()):
+                    if _callable(member_value) or _isinstance(member_value, _behaviour):
+                        entries.append((attr + "." + member, _id(member_value)))
+        snapshot.append((name, module, namespace, _tuple(entries)))
+    # Tuples all the way down: a student who reaches this through a frame cannot edit it.
+    return _tuple(snapshot)
 
 
-def _module_changes(snapshot) -> list:
+def _module_changes(snapshot, _modules=sys.modules, _isinstance=isinstance, _type=type,
+                    _id=id, _vars=vars, _len=len) -> list:
     changed = []
-    for name, (module, entries) in snapshot.items():
-        if sys.modules.get(name) is not module:
-            changed.append(f"module {name} replaced")
+    for name, module, namespace, entries in snapshot:
+        if _modules.get(name) is not module:
+            changed.append("module " + name + " replaced")
             continue
-        namespace = module.__dict__
-        for attr, identity in entries.items():
+        for attr, identity in entries:
             owner, _, member = attr.partition(".")
             value = namespace.get(owner)
             if member:
-                value = vars(value).get(member) if isinstance(value, type) else None
-            if id(value) != identity:
-                changed.append(f"{name}.{attr} changed")
-                if len(changed) >= 5:
+                value = _vars(value).get(member) if _isinstance(value, _type) else None
+            if _id(value) != identity:
+                changed.append(name + "." + attr + " changed")
+                if _len(changed) >= 5:
                     return changed
     return changed
 
 
-SYS_HOOKS = ("excepthook", "displayhook", "breakpointhook", "unraisablehook")
+def integrity_problems(baseline, modules, namespace, instructor_bindings,
+                       _changes=_module_changes, _builtins=BUILTINS_DICT, _sys=SYS_DICT) -> list:
+    """What differs from the baseline that instructor and runner code rely on.
 
-
-def integrity_problems(baseline, namespace, instructor_bindings) -> list:
-    """What differs from the baseline that instructor and runner code rely on."""
+    ``baseline`` is ``(builtins_items, sys_hook_items)``, ``modules`` the snapshot of
+    :func:`_snapshot_modules` (or None), ``instructor_bindings`` (name, value) pairs: all
+    tuples, so that nothing a student can reach can be edited to match a change.
+    """
     problems = []
-    builtins_now = vars(builtins)
-    for name, value in baseline["builtins"].items():
-        if builtins_now.get(name) is not value:
-            problems.append(f"builtins.{name} changed")
-    for name, value in baseline["sys"].items():
-        if getattr(sys, name, None) is not value:
-            problems.append(f"sys.{name} changed")
-    for name, value in instructor_bindings.items():
+    builtins_items, sys_items = baseline
+    for name, value in builtins_items:
+        if _builtins.get(name) is not value:
+            problems.append("builtins." + name + " changed")
+    for name, value in sys_items:
+        if _sys.get(name) is not value:
+            problems.append("sys." + name + " changed")
+    for name, value in instructor_bindings:
         if namespace.get(name) is not value:
-            problems.append(f"{name} (defined by an instructor cell) rebound")
-    if baseline["modules"] is not None:
-        problems.extend(_module_changes(baseline["modules"]))
+            problems.append(name + " (defined by an instructor cell) rebound")
+    if modules is not None:
+        for problem in _changes(modules):
+            if problem not in problems:
+                problems.append(problem)
     return problems[:8]
 
 
@@ -292,48 +429,59 @@ def _failing_line(error, cell_filename):
     return None
 
 
-def _error_name(error) -> str:
-    name = type(error).__name__
-    return name if name.isidentifier() and len(name) <= 60 else "Exception"
+def _error_name(error, _type=type, _len=len) -> str:
+    name = _type(error).__name__
+    return name if name.isidentifier() and _len(name) <= 60 else "Exception"
 
 
-def run_plan(cells, namespace, baseline, _exec=exec, _base=BaseException, _changed=dict.items,
-             _clock=time.perf_counter):
+def run_plan(cells, namespace, baseline, output_fd, _exec=exec, _base=BaseException,
+             _dict=dict, _changed=dict.items, _clock=time.perf_counter, _report=report,
+             _integrity=integrity_problems, _snapshot=_snapshot_modules, _line=_failing_line,
+             _error_name=_error_name, _fstat=os.fstat, _len=len, _round=round,
+             _int_repr=int.__repr__, _note_bytes=OUTPUT_NOTE_BYTES):
     """Run every cell in order; after each test cell, report its verdict."""
-    report("flag", {"reason": "started", "detail": f"{len(cells)} cells"})
-    instructor_bindings = {}
-    checks_s = 0.0
-    for cell in cells:
-        kind, cell_id, code = cell
-        if kind == "student" and baseline["modules"] is None:
-            baseline["modules"] = _snapshot_modules()
-        before = dict(namespace)
+    _report("flag", {"reason": "started", "detail": "cells: " + _int_repr(_len(cells))})
+    instructor_bindings = ()  # rebuilt, never edited: a frame's reader sees a stale tuple
+    modules = None
+    checks_s = cells_s = 0.0
+    for kind, cell_id, code in cells:
+        if kind == "student" and modules is None:
+            modules = _snapshot()
+        before = _dict(namespace)
         error = None
+        running = _clock()
         try:
             _exec(code, namespace)
         except _base as raised:  # whatever a cell raises is its result
             error = raised
+        cells_s += _clock() - running
         if kind == "locked":
-            for name, value in _changed(namespace):
-                if before.get(name) is not value and not name.startswith("__"):
-                    instructor_bindings[name] = value
+            bound = [(name, value) for name, value in _changed(namespace)
+                     if before.get(name) is not value and not name.startswith("__")]
+            names = {name for name, _ in bound}
+            instructor_bindings = tuple(
+                [(n, v) for n, v in instructor_bindings if n not in names] + bound)
         if kind == "test":
             checking = _clock()
-            problems = integrity_problems(baseline, namespace, instructor_bindings)
+            problems = _integrity(baseline, modules, namespace, instructor_bindings)
             checks_s += _clock() - checking
             if problems:
                 status = "tampered"
             else:
                 status = "pass" if error is None else "fail"
-            verdict = {"test": cell_id, "status": status, "tamper": problems,
-                       "line": None if error is None else _failing_line(error, code.co_filename),
-                       "error": None if error is None else _error_name(error)}
-            report("verdict", verdict)
+            _report("verdict", {"test": cell_id, "status": status, "tamper": problems,
+                                "line": None if error is None else _line(error, code.co_filename),
+                                "error": None if error is None else _error_name(error)})
         elif error is not None:
-            report("flag", {"reason": "cell-error", "detail": f"{kind} cell {cell_id}: "
-                            f"{_error_name(error)}"})
+            _report("flag", {"reason": "cell-error",
+                             "detail": kind + " cell " + cell_id + ": " + _error_name(error)})
         del before, error
-    report("done", {"cells": len(cells), "checks_s": round(checks_s, 3)})
+    written = _fstat(output_fd).st_size
+    if written > _note_bytes:
+        _report("flag", {"reason": "output-limit",
+                         "detail": "the cells wrote " + _int_repr(written) + " bytes of output"})
+    _report("done", {"cells": _len(cells), "cells_s": _round(cells_s, 3),
+                     "checks_s": _round(checks_s, 3)})
 
 
 def _read_stdin() -> bytes:
@@ -367,6 +515,14 @@ def _compile_cells(plan):
     return tuple(cells)
 
 
+def _private_output() -> int:
+    """An unlinked file for the cells' output: nobody reads it, its size is a flag."""
+    path = f"/tmp/.cell-output-{os.getpid()}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+    os.unlink(path)
+    return fd
+
+
 def main():
     raw = _read_stdin()
     key_line, _, plan_json = raw.partition(b"\n")
@@ -376,23 +532,20 @@ def main():
     _not_dumpable()
     cells = _compile_cells(plan)
     del plan
-    # Records leave on a private copy of stdout; the cells' own prints go nowhere, so
-    # that nothing a student prints can reach the record stream by accident.
+    # Records leave on a private copy of stdout; the cells' own prints go to a file that
+    # nobody reads, so that nothing a student prints can reach the record stream.
     record_fd = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    os.close(devnull)
-    import types
-
+    output_fd = _private_output()
+    os.dup2(output_fd, 1)
+    os.dup2(output_fd, 2)
     main_module = types.ModuleType("__main__")
     sys.modules["__main__"] = main_module  # the cells' module, not the runner's
     namespace = main_module.__dict__
-    baseline = {"builtins": dict(vars(builtins)),
-                "sys": {name: getattr(sys, name) for name in SYS_HOOKS}, "modules": None}
+    baseline = (tuple(vars(builtins).items()),
+                tuple((name, getattr(sys, name)) for name in SYS_HOOKS))
     install_guard(key, record_fd, (report.__code__, run_plan.__code__, main.__code__))
     del key
-    run_plan(cells, namespace, baseline)
+    run_plan(cells, namespace, baseline, output_fd)
     os._exit(0)  # no atexit handlers, no finalizers of student objects after the verdicts
 
 

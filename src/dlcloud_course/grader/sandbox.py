@@ -117,6 +117,10 @@ def run_in_sandbox(client, image: str, plan_cells: list[dict], key: bytes,
         state = container.attrs.get("State", {})
         if state.get("OOMKilled"):
             flags.append(("memory-limit", f"killed at the memory limit of {limits.memory_mb} MB"))
+        elif exit_code == 137 and not flags:
+            # Killed, and not by us: with --init the engine does not always see the OOM.
+            why = f"killed (exit 137), most likely at the memory limit of {limits.memory_mb} MB"
+            flags.append(("killed", why))
     finally:
         try:
             container.remove(force=True)

@@ -52,13 +52,25 @@ def verified_records(output: bytes, key: bytes) -> tuple[list[dict], list[tuple[
         if not hmac.compare_digest(good, mac):
             flags.append(("forged-record", "a record whose signature does not match"))
             continue
-        record = json.loads(body)
+        try:
+            record = json.loads(body, object_pairs_hook=_no_duplicate_keys)
+        except ValueError:
+            flags.append(("forged-record", "a signed record that is not one JSON object"))
+            break
         if record.get("seq") != expected_seq:
             flags.append(("forged-record", f"record {record.get('seq')} out of sequence"))
             break
         expected_seq += 1
         records.append(record)
     return records, flags
+
+
+def _no_duplicate_keys(pairs):
+    # A duplicated key would let the last copy win: the runner never writes one.
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        raise ValueError("duplicate key in a record")
+    return record
 
 
 def _string_constants(tree: ast.Module) -> dict[str, str]:
