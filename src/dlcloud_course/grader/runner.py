@@ -84,7 +84,13 @@ NETWORK_EVENTS = frozenset({"socket.connect", "socket.sendto", "socket.getaddrin
                             "socket.gethostbyname", "socket.gethostbyname_ex",
                             "socket.gethostbyaddr", "socket.bind"})
 CELL_FILENAME_PREFIXES = ("<student:", "<locked:", "<test:")
-PROC_INTERNALS = frozenset({"mem", "environ", "fd", "maps", "pagemap"})
+#: A path with one of these components reads a process's memory or secrets, whatever
+#: the way there (/proc/self/mem, /proc/self/task/1/mem, a dir_fd, a symlink in /dev).
+PROC_INTERNALS = frozenset({"mem", "environ", "maps", "smaps", "pagemap", "map_files", "auxv",
+                            "syscall", "stack", "kcore", "kmem"})
+#: The only files under /proc that may be opened: what libraries read about resources.
+PROC_READABLE = frozenset({"stat", "status", "statm", "cgroup", "cpuinfo", "meminfo",
+                           "loadavg", "uptime", "mounts", "mountinfo", "cpuset", "limits"})
 SYS_HOOKS = ("excepthook", "displayhook", "breakpointhook", "unraisablehook")
 RUNNER_FILE = __file__
 _BEHAVIOUR_TYPES = (classmethod, staticmethod, property)
@@ -197,8 +203,9 @@ def _is_loopback(host, _type=type, _str=str, _bytes=bytes, _loopback=LOOPBACK_HO
 def _refusal(event, args, _refused=REFUSED_EVENTS, _network=NETWORK_EVENTS, _host_of=_host_of,
              _is_loopback=_is_loopback, _short=_short, _type=type, _str=str,
              _bytes=bytes, _int=int, _len=len, _fsdecode=os.fsdecode, _getpid=os.getpid,
-             _internals=PROC_INTERNALS, _cells=CELL_FILENAME_PREFIXES):
-    """Why ``event`` is refused, or None. Pure function of the event: no state."""
+             _internals=PROC_INTERNALS, _readable=PROC_READABLE, _getcwd=os.getcwd,
+             _cells=CELL_FILENAME_PREFIXES):
+    """Why ``event`` is refused, or None (a function of the event and the working folder)."""
     if event in _refused:
         return _refused[event]
     if event in _network:
@@ -207,12 +214,16 @@ def _refusal(event, args, _refused=REFUSED_EVENTS, _network=NETWORK_EVENTS, _hos
             return None
         if not _is_loopback(host):
             return "network beyond loopback (" + _short(host) + ")"
-    if event == "open" and args and _type(args[0]) in (_str, _bytes):
+    if event in ("open", "os.chdir", "os.symlink") and args and _type(args[0]) in (_str, _bytes):
         path = _fsdecode(args[0])
-        if path.startswith("/proc/") and not path.startswith("/proc/self/fd"):
-            parts = path.split("/")
-            if _len(parts) > 3 and parts[3] in _internals:
+        parts = path.split("/")
+        for part in parts:
+            if part in _internals:
                 return "reading process internals (" + _short(path) + ")"
+        absolute = path if path.startswith("/") else _getcwd() + "/" + path
+        if absolute == "/proc" or absolute.startswith("/proc/"):
+            if event != "open" or parts[-1] not in _readable:
+                return "reaching into /proc (" + _short(path) + ")"
             if _len(parts) > 2 and parts[2].isdigit() and _int(parts[2]) != _getpid():
                 return "another process's files (" + _short(path) + ")"
     if (event == "compile" and _len(args) > 1 and _type(args[1]) is _str
@@ -257,7 +268,7 @@ def install_guard(key: bytes, record_fd: int, trusted_stack: tuple):
     trusted_prefixes = tuple({sys.prefix, sys.base_prefix, os.path.dirname(RUNNER_FILE)}) + (
         "<frozen", "<string>", "<locked:", "<test:")
     permission_error, os_error, base_exception = PermissionError, OSError, BaseException
-    str_copy, plain = str.__str__, _plain
+    str_copy, plain, opaque = str.__str__, _plain, OPAQUE
 
     def emit(kind, payload):
         if kind == "flag":
@@ -303,6 +314,9 @@ def install_guard(key: bytes, record_fd: int, trusted_stack: tuple):
             # Libraries load C code through ctypes at import: refuse only when a
             # student cell is on the stack.
             reason = reason if student_on_stack() else None
+        if reason is None and event == "open" and args and args[0] is opaque \
+                and student_on_stack():
+            reason = "opening a path object the grader cannot read safely"
         if reason is None and event in posing_events and is_student(getframe(2)):
             reason = posing(event, args, trusted_prefixes)
         if reason is None and event in ("object.__setattr__", "object.__delattr__") \
