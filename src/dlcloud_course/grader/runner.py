@@ -361,13 +361,13 @@ def report(kind: str, payload: dict, _audit=sys.audit) -> None:
 
 
 def _snapshot_modules(_modules=sys.modules, _list=list, _tuple=tuple, _isinstance=isinstance,
-                      _dict=dict,
-                      _callable=callable, _type=type, _id=id, _getattr=getattr, _vars=vars,
-                      _behaviour=_BEHAVIOUR_TYPES):
+                      _dict=dict, _callable=callable, _type=type, _id=id, _getattr=getattr,
+                      _vars=vars, _behaviour=_BEHAVIOUR_TYPES):
     """Identity of every module-level function and class, and of every class's own members.
 
     Methods and descriptors decide what code does; plain data (caches, flags, names)
-    changes in honest runs and is left out.
+    changes in honest runs and is left out. Tuples all the way down: a student who
+    reaches the snapshot through a frame cannot edit it to match a change.
     """
     snapshot = []
     for name, module in _list(_modules.items()):
@@ -378,32 +378,35 @@ def _snapshot_modules(_modules=sys.modules, _list=list, _tuple=tuple, _isinstanc
         for attr, value in _list(namespace.items()):
             if not _callable(value):
                 continue
-            entries.append((attr, _id(value)))
+            members = ()
             if _isinstance(value, _type) and _getattr(value, "__module__", None) == name:
-                for member, member_value in _list(_vars(value).items()):
-                    if _callable(member_value) or _isinstance(member_value, _behaviour):
-                        entries.append((attr + "." + member, _id(member_value)))
+                members = _tuple([(member, member_value)
+                                  for member, member_value in _list(_vars(value).items())
+                                  if _callable(member_value)
+                                  or _isinstance(member_value, _behaviour)])
+            entries.append((attr, value, members))
         snapshot.append((name, module, namespace, _tuple(entries)))
-    # Tuples all the way down: a student who reaches this through a frame cannot edit it.
     return _tuple(snapshot)
 
 
-def _module_changes(snapshot, _modules=sys.modules, _isinstance=isinstance, _type=type,
-                    _id=id, _vars=vars, _len=len) -> list:
+def _module_changes(snapshot, _modules=sys.modules, _vars=vars, _len=len) -> list:
     changed = []
     for name, module, namespace, entries in snapshot:
         if _modules.get(name) is not module:
             changed.append("module " + name + " replaced")
             continue
-        for attr, identity in entries:
-            owner, _, member = attr.partition(".")
-            value = namespace.get(owner)
-            if member:
-                value = _vars(value).get(member) if _isinstance(value, _type) else None
-            if _id(value) != identity:
+        get = namespace.get
+        for attr, value, members in entries:
+            if get(attr) is not value:
                 changed.append(name + "." + attr + " changed")
-                if _len(changed) >= 5:
-                    return changed
+            elif members:
+                own = _vars(value).get  # value is the snapshot's own class object
+                for member, member_value in members:
+                    if own(member) is not member_value:
+                        changed.append(name + "." + attr + "." + member + " changed")
+                        break
+            if _len(changed) >= 5:
+                return changed
     return changed
 
 
