@@ -175,12 +175,26 @@ def _plain(value, depth=0, _type=type, _str_copy=str.__str__, _bytes_copy=bytes.
     return _opaque
 
 
-def _short(value, _str=str) -> str:
-    return _str(value)[:MAX_DETAIL]
+def _short(value, _type=type, _str=str, _bytes=bytes, _int=int, _int_repr=int.__repr__,
+           _limit=MAX_DETAIL) -> str:
+    # Never str() of an unknown object: its __str__ would be student code in the hook.
+    kind = _type(value)
+    if kind is _str:
+        return value[:_limit]
+    if kind is _bytes:
+        return value[:_limit].decode("utf-8", "replace")
+    if kind is _int:
+        return _int_repr(value)
+    return "<object>" if value is not None else "None"
 
 
 # The functions below see only what _plain made: exact str, bytes, int, float, None,
 # tuples of those, and OPAQUE. They compare types with "is", never isinstance().
+
+def _decoded(path, _type=type, _bytes=bytes):
+    # Not os.fsdecode: it looks names up in the os module, which a student can rebind.
+    return path.decode("utf-8", "surrogateescape") if _type(path) is _bytes else path
+
 
 def _host_of(event, args, _type=type, _tuple=tuple, _str=str, _bytes=bytes, _len=len):
     if event in ("socket.connect", "socket.sendto", "socket.bind"):
@@ -202,7 +216,7 @@ def _is_loopback(host, _type=type, _str=str, _bytes=bytes, _loopback=LOOPBACK_HO
 
 def _refusal(event, args, _refused=REFUSED_EVENTS, _network=NETWORK_EVENTS, _host_of=_host_of,
              _is_loopback=_is_loopback, _short=_short, _type=type, _str=str,
-             _bytes=bytes, _int=int, _len=len, _fsdecode=os.fsdecode, _getpid=os.getpid,
+             _bytes=bytes, _int=int, _len=len, _fsdecode=_decoded, _getpid=os.getpid,
              _internals=PROC_INTERNALS, _readable=PROC_READABLE, _getcwd=os.getcwd,
              _cells=CELL_FILENAME_PREFIXES):
     """Why ``event`` is refused, or None (a function of the event and the working folder)."""
@@ -233,7 +247,7 @@ def _refusal(event, args, _refused=REFUSED_EVENTS, _network=NETWORK_EVENTS, _hos
 
 
 def _posing_as_trusted(event, args, trusted_prefixes, _type=type, _str=str,
-                       _bytes=bytes, _len=len, _fsdecode=os.fsdecode, _short=_short):
+                       _bytes=bytes, _len=len, _fsdecode=_decoded, _short=_short):
     """Student code making code objects that would not count as student code."""
     if event == "compile" and _len(args) > 1:
         filename = _fsdecode(args[1]) if _type(args[1]) in (_str, _bytes) else ""
@@ -455,7 +469,7 @@ def run_plan(cells, namespace, baseline, output_fd, _exec=exec, _base=BaseExcept
              _dict=dict, _changed=dict.items, _clock=time.perf_counter, _report=report,
              _integrity=integrity_problems, _snapshot=_snapshot_modules, _line=_failing_line,
              _error_name=_error_name, _fstat=os.fstat, _len=len, _round=round,
-             _int_repr=int.__repr__, _note_bytes=OUTPUT_NOTE_BYTES):
+             _int_repr=int.__repr__, _note_bytes=OUTPUT_NOTE_BYTES, _tuple=tuple):
     """Run every cell in order; after each test cell, report its verdict."""
     _report("flag", {"reason": "started", "detail": "cells: " + _int_repr(_len(cells))})
     instructor_bindings = ()  # rebuilt, never edited: a frame's reader sees a stale tuple
@@ -476,7 +490,7 @@ def run_plan(cells, namespace, baseline, output_fd, _exec=exec, _base=BaseExcept
             bound = [(name, value) for name, value in _changed(namespace)
                      if before.get(name) is not value and not name.startswith("__")]
             names = {name for name, _ in bound}
-            instructor_bindings = tuple(
+            instructor_bindings = _tuple(
                 [(n, v) for n, v in instructor_bindings if n not in names] + bound)
         if kind == "test":
             checking = _clock()
