@@ -95,7 +95,7 @@ def graded_class(tmp_path_factory, docker_client, local_base_image):
     image = build_grading_image(docker_client, base=local_base_image)
     lab = Lab(course, LAB, grading)
     # Small limits: the memory and fork bombs must stay small on a shared machine.
-    limits = Limits(memory_mb=1024, cpus=1.0, pids=48, wall_s=150, output_bytes=128 * 1024)
+    limits = Limits(memory_mb=1024, cpus=1.0, pids=48, wall_s=120, output_bytes=128 * 1024)
     before = {s: (grading / "submitted" / s / LAB / f"{LAB}.ipynb").read_bytes() for s in submissions}
     # Not labelled dlcloud.test=1: other test sessions on a shared engine remove whatever
     # carries that label when they end, running sandboxes included. run_in_sandbox()

@@ -465,11 +465,24 @@ def _error_name(error, _type=type, _len=len) -> str:
     return name if name.isidentifier() and _len(name) <= 60 else "Exception"
 
 
-def run_plan(cells, namespace, baseline, output_fd, _exec=exec, _base=BaseException,
+def _other_processes(_listdir=os.listdir, _getpid=os.getpid, _getppid=os.getppid,
+                     _int=int, _len=len, _errors=(OSError, ValueError)) -> int:
+    """Processes in the container besides its init (pid 1) and the runner; 0 outside one."""
+    if _getppid() != 1:
+        return 0  # not under the container's init: a test run on a host, say
+    try:
+        pids = [_int(entry) for entry in _listdir("/proc") if entry.isdigit()]
+    except _errors:
+        return 0
+    return _len([pid for pid in pids if pid not in (1, _getpid())])
+
+
+def run_plan(cells, namespace, baseline, output_fd, pids_limit, _exec=exec, _base=BaseException,
              _dict=dict, _changed=dict.items, _clock=time.perf_counter, _report=report,
              _integrity=integrity_problems, _snapshot=_snapshot_modules, _line=_failing_line,
              _error_name=_error_name, _fstat=os.fstat, _len=len, _round=round,
-             _int_repr=int.__repr__, _note_bytes=OUTPUT_NOTE_BYTES, _tuple=tuple):
+             _int_repr=int.__repr__, _note_bytes=OUTPUT_NOTE_BYTES, _tuple=tuple,
+             _other_processes=_other_processes):
     """Run every cell in order; after each test cell, report its verdict."""
     _report("flag", {"reason": "started", "detail": "cells: " + _int_repr(_len(cells))})
     instructor_bindings = ()  # rebuilt, never edited: a frame's reader sees a stale tuple
@@ -507,6 +520,16 @@ def run_plan(cells, namespace, baseline, output_fd, _exec=exec, _base=BaseExcept
             _report("flag", {"reason": "cell-error",
                              "detail": kind + " cell " + cell_id + ": " + _error_name(error)})
         del before, error
+    others = _other_processes()
+    if others:
+        # _posixsubprocess.fork_exec starts processes without an audit event: they cannot
+        # read the key (this process is not dumpable) and die with the container, but
+        # the instructor hears of them, and of a process table that is full.
+        _report("flag", {"reason": "leftover-process",
+                         "detail": _int_repr(others) + " other processes still running"})
+        if others >= pids_limit - 4:
+            _report("flag", {"reason": "pids-limit",
+                             "detail": "the process limit of " + _int_repr(pids_limit) + " was reached"})
     written = _fstat(output_fd).st_size
     if written > _note_bytes:
         _report("flag", {"reason": "output-limit",
@@ -562,6 +585,7 @@ def main():
     del raw, key_line, plan_json
     _not_dumpable()
     cells = _compile_cells(plan)
+    pids_limit = int(plan.get("pids_limit") or 64)
     del plan
     # Records leave on a private copy of stdout; the cells' own prints go to a file that
     # nobody reads, so that nothing a student prints can reach the record stream.
@@ -576,7 +600,7 @@ def main():
                 tuple((name, getattr(sys, name)) for name in SYS_HOOKS))
     install_guard(key, record_fd, (report.__code__, run_plan.__code__, main.__code__))
     del key
-    run_plan(cells, namespace, baseline, output_fd)
+    run_plan(cells, namespace, baseline, output_fd, pids_limit)
     os._exit(0)  # no atexit handlers, no finalizers of student objects after the verdicts
 
 

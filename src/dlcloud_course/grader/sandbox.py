@@ -83,6 +83,35 @@ def container_settings(image: str, limits: Limits, labels: dict[str, str],
     }
 
 
+#: How long a control call to the engine (create, kill, inspect, remove) may take: a
+#: busy or stuck engine must not hang the whole class.
+ENGINE_CALL_S = 90
+
+
+class EngineStuck(RuntimeError):
+    """The Docker Engine did not answer a control call in time."""
+
+
+def _bounded(call, seconds: float = ENGINE_CALL_S):
+    """``call()``, or :class:`EngineStuck` when it has not returned after ``seconds``."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # noqa: BLE001 -- handed back to the caller
+            outcome["error"] = error
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise EngineStuck(f"the Docker Engine did not answer within {seconds:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 def _read_capped(container, cap: int, sink: dict) -> None:
     received = bytearray()
     try:
@@ -100,13 +129,18 @@ def run_in_sandbox(client, image: str, plan_cells: list[dict], key: bytes,
                    limits: Limits = Limits(), labels: dict[str, str] | None = None,
                    lab_dir: str | None = None) -> SandboxResult:
     """Run one plan in a fresh container; return its capped output and what went wrong."""
-    payload = key.hex().encode() + b"\n" + json.dumps({"cells": plan_cells}).encode()
+    payload = key.hex().encode() + b"\n" + json.dumps(
+        {"cells": plan_cells, "pids_limit": limits.pids}).encode()
     settings = container_settings(image, limits, {"dlcloud.grader.run": secrets.token_hex(6),
                                                   **(labels or {})}, lab_dir)
     started = time.monotonic()
-    container = client.containers.create(**settings)
     flags: list[tuple[str, str]] = []
     sink: dict = {}
+    try:
+        container = _bounded(lambda: client.containers.create(**settings))
+    except (EngineStuck, docker.errors.APIError) as error:
+        flags.append(("engine-error", f"the sandbox could not be created: {str(error)[:150]}"))
+        return SandboxResult(b"", None, time.monotonic() - started, flags)
     try:
         _send_stdin_before_start(container, payload)
         reader = threading.Thread(target=_read_capped, args=(container, limits.output_bytes, sink),
@@ -121,11 +155,14 @@ def run_in_sandbox(client, image: str, plan_cells: list[dict], key: bytes,
             # Killed, and not by us: with --init the engine does not always see the OOM.
             why = f"killed (exit 137), most likely at the memory limit of {limits.memory_mb} MB"
             flags.append(("killed", why))
+    except EngineStuck as error:
+        flags.append(("engine-error", str(error)))
+        exit_code = None
     finally:
         try:
-            container.remove(force=True)
-        except docker.errors.APIError:
-            pass
+            _bounded(lambda: container.remove(force=True))
+        except (EngineStuck, docker.errors.APIError):
+            pass  # leftovers() names it; the command then fails
     return SandboxResult(sink.get("output", b""), exit_code, time.monotonic() - started, flags)
 
 
@@ -155,15 +192,15 @@ def _stop(container, reader, sink, limits: Limits, flags) -> int | None:
         else:
             flags.append(("timeout", f"still running after {limits.wall_s:.0f} s"))
         try:
-            container.kill()
+            _bounded(container.kill)
         except docker.errors.APIError:
             pass
         reader.join(timeout=10)
     try:
-        result = container.wait(timeout=30)
+        result = _bounded(lambda: container.wait(timeout=30))
     except Exception:  # noqa: BLE001 -- a container that will not stop is removed by force
         return None
-    container.reload()
+    _bounded(container.reload)
     return result.get("StatusCode")
 
 
