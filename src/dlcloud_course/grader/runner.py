@@ -283,6 +283,8 @@ def install_guard(key: bytes, record_fd: int, trusted_stack: tuple):
         "<frozen", "<string>", "<locked:", "<test:")
     permission_error, os_error, base_exception = PermissionError, OSError, BaseException
     str_copy, plain, opaque = str.__str__, _plain, OPAQUE
+    len_, type_, str_ = len, type, str
+    library_prefixes = tuple({sys.prefix, sys.base_prefix, os.path.dirname(RUNNER_FILE)})
 
     def emit(kind, payload):
         if kind == "flag":
@@ -333,6 +335,10 @@ def install_guard(key: bytes, record_fd: int, trusted_stack: tuple):
             reason = "opening a path object the grader cannot read safely"
         if reason is None and event in posing_events and is_student(getframe(2)):
             reason = posing(event, args, trusted_prefixes)
+        if reason is None and event == "import" and len_(args) > 1 and type_(args[1]) is str_ \
+                and not args[1].startswith(library_prefixes):
+            # A C extension from /tmp or a memfd would run native code in this process.
+            reason = "loading native code from outside the image (" + args[1][:120] + ")"
         if reason is None and event in ("object.__setattr__", "object.__delattr__") \
                 and raw_args and runner_function(raw_args[0]):
             reason = "rewriting the runner's functions"

@@ -49,7 +49,8 @@ class SandboxResult:
 def container_settings(image: str, limits: Limits, labels: dict[str, str],
                        lab_dir: str | None) -> dict:
     """The keyword arguments of ``containers.create``: every restriction in one place."""
-    tmpfs_options = f"size={limits.tmpfs_mb}m,mode=1777,nosuid,nodev"
+    # noexec: nothing written there can be run or loaded as native code (dlopen fails).
+    tmpfs_options = f"size={limits.tmpfs_mb}m,mode=1777,nosuid,nodev,noexec"
     volumes = {lab_dir: {"bind": "/lab", "mode": "ro"}} if lab_dir else {}
     return {
         "image": image,
