@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -39,18 +38,22 @@ def nbgrader(course: Path, *args: str) -> None:
 
 
 def make_course(tmp: Path) -> Path:
-    course = tmp / "course"
-    (course / "solutions").mkdir(parents=True)
-    shutil.copy(REPO / "nbgrader_config.py", course / "nbgrader_config.py")
-    shutil.copytree(REPO / "solutions" / LAB, course / "solutions" / LAB)
+    """A throw-away course with lab 1, laid out as the tests' labtools.make_course does."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from labtools import make_course as make_test_course
+
+    course = make_test_course(tmp, [LAB])
     nbgrader(course, "generate_assignment", LAB, "--force")
     return course
 
 
 def synthetic_class(course: Path, count: int) -> None:
     """``count`` submissions: the solution with the k-th solution cells stubbed, k in turn."""
+    from dlcloud_course.grader.gradebook import Lab
+    from dlcloud_course.grader.plan import read_notebook
+
     release = json.loads((course / "labs" / LAB / f"{LAB}.ipynb").read_text())
-    source = json.loads((course / "solutions" / LAB / f"{LAB}.ipynb").read_text())
+    source = read_notebook(Lab(course, LAB, course / ".nbgrader").source_path())
 
     def grade_id(cell):
         return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")

@@ -74,12 +74,13 @@ def _tests_rewritten(honest: dict, delete: bool) -> dict:
 def graded_class(tmp_path_factory, docker_client, local_base_image):
     from dlcloud_course.grader.gradebook import Lab, grade_lab
     from dlcloud_course.grader.image import build_grading_image
+    from dlcloud_course.grader.plan import read_notebook
     from dlcloud_course.grader.sandbox import Limits
 
     course = make_course(tmp_path_factory.mktemp("secure-grader"), [LAB])
     nbgrader(course, "generate_assignment", LAB, "--force")
     release = json.loads((course / "labs" / LAB / f"{LAB}.ipynb").read_text())
-    solutions = json.loads((course / "solutions" / LAB / f"{LAB}.ipynb").read_text())
+    solutions = read_notebook(Lab(course, LAB, course / ".nbgrader").source_path())
     honest = _honest(release, solutions)
     submissions = {HONEST: honest, RELEASE: release,
                    EDITED: _tests_rewritten(honest, delete=False),

@@ -34,6 +34,9 @@ from .sandbox import Limits, run_in_sandbox
 from .verdict import TestResult, finished, score, verified_records
 
 MAX_FEEDBACK_BYTES = 512 * 1024
+#: Where nbgrader's source of a lab may be: the notebook `make labs` renders, or (older
+#: layout) the authored notebook or its jupytext text in solutions/.
+SOURCE_FOLDERS = ("build/source", "solutions")
 MAX_STUDENT_CELL_CHARS = 20_000
 HTML_HEAD = (
     "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Feedback</title>"
@@ -72,15 +75,22 @@ class Lab:
         grading = Path(os.environ.get("DLCLOUD_GRADING_DIR", default))
         return cls(course, name, grading if grading.is_absolute() else course / grading)
 
-    def _notebook(self, folder: str) -> Path:
-        base = self.course / folder / self.name / self.name
-        for suffix in (".ipynb", ".py"):
-            if base.with_suffix(suffix).exists():
-                return base.with_suffix(suffix)
-        raise FileNotFoundError(f"no {self.name}.ipynb (or .py) in {base.parent}")
+    def _notebook(self, *folders: str) -> Path:
+        tried = []
+        for folder in folders:
+            base = self.course / folder / self.name / self.name
+            for suffix in (".ipynb", ".py"):
+                tried.append(base.with_suffix(suffix))
+                if tried[-1].exists():
+                    return tried[-1]
+        raise FileNotFoundError(f"none of {', '.join(map(str, tried))} exists")
+
+    def source_path(self) -> Path:
+        """nbgrader's source notebook: rendered by `make labs`, or the authored text."""
+        return self._notebook(*SOURCE_FOLDERS)
 
     def cells(self) -> list[InstructorCell]:
-        return instructor_cells(read_notebook(self._notebook("solutions")),
+        return instructor_cells(read_notebook(self.source_path()),
                                 read_notebook(self._notebook("labs")))
 
     def release_notebook(self) -> dict:
@@ -179,7 +189,7 @@ def grade_lab(client, image: str, lab: Lab, workers: int = 1, limits: Limits | N
         ran = list(pool.map(lambda p: sandbox_of(client, image, p, limits, labels), prepared))
     graded = [conclude(cells, p, sandbox, key) for p, (sandbox, key) in zip(prepared, ran)]
     release = lab.release_notebook()
-    source = read_notebook(lab._notebook("solutions"))
+    source = read_notebook(lab.source_path())
     for result in graded:
         write_outputs(lab, cells, release, source, result)
     write_gradebook(lab, cells, graded)
