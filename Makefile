@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-from-lock
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv book labs test benchmark env lock clean
+.PHONY: venv book labs check test benchmark env lock clean lab3-live
 
 ## venv: the one environment, made from requirements.lock (Python 3.11)
 venv: $(STAMP)
@@ -26,13 +26,25 @@ $(STAMP): requirements.lock pyproject.toml
 book: venv
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
-## labs: regenerate the student versions in labs/ from solutions/ (and the instructor's gradebook)
+## labs: render the lab sources (solutions/<lab>/<lab>.py) into build/source/, then let
+## nbgrader write the student versions in labs/ (and record the labs in the instructor's gradebook)
 labs: venv
-	$(BIN)/python tools/generate_labs.py
+	$(BIN)/python -m dlcloud_course labs
+
+## check: the quick tier (under 2 minutes, no Docker, no Java): ruff, the lab format, labs/ in sync,
+## the static lab checks and the unit tests of both packages
+check: venv
+	$(BIN)/ruff check src tests benchmarks solutions
+	$(BIN)/python -m pytest -m "not slow and not docker and not java and not cluster and not gpu and not browser" -q
 
 ## test: build the book, then run every test (Docker tests need a Docker Engine)
 test: book
 	$(BIN)/python -m pytest
+
+## lab3-live: lab 3's live section on the cluster KUBECONFIG names (minikube, kind, GKE)
+lab3-live: venv
+	$(BIN)/python -m dlcloud.kube check
+	$(BIN)/python -m pytest -m cluster tests/test_lab3_live.py -v
 
 ## benchmark: run each lab's solution and print wall time and peak memory against the budget
 benchmark: venv
@@ -40,7 +52,7 @@ benchmark: venv
 
 ## env: derive environment.yml and binder/ from requirements.lock
 env:
-	$(PYTHON) tools/derive_env.py
+	PYTHONPATH=src $(PYTHON) -m dlcloud_course.environment
 
 ## lock: re-resolve requirements.in into requirements.lock, then derive the rest
 lock:
@@ -48,4 +60,4 @@ lock:
 	$(MAKE) env
 
 clean:
-	rm -rf _build .nbgrader
+	rm -rf _build build .nbgrader

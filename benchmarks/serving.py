@@ -103,7 +103,7 @@ class Batcher:
             while n < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
                 try:
                     item = await asyncio.wait_for(self.queue.get(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 batch.append(item)
                 n += len(item[0])

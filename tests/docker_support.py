@@ -40,7 +40,8 @@ def docker_client():
     try:
         import docker  # noqa: F401
 
-        from dlcloud.docker_engine import DockerUnavailable, remove_labelled, start_dockerd
+        from dlcloud.docker_engine import DockerUnavailable, remove_labelled
+        from dlcloud_course.docker_host import start_dockerd
     except ImportError as error:  # the docker SDK is missing from the environment
         _unavailable(f"the Python package is missing ({error})")
     try:

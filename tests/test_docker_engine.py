@@ -10,6 +10,7 @@ import pytest
 
 from dlcloud import docker_engine
 from dlcloud.docker_engine import DockerUnavailable
+from dlcloud_course import docker_host
 
 
 def test_base_image_defaults_to_a_pinned_public_image(monkeypatch):
@@ -34,19 +35,19 @@ def test_connect_without_engine_says_what_is_missing_and_where_to_get_one(monkey
 def test_start_dockerd_refuses_without_root_or_binary(monkeypatch, tmp_path):
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     monkeypatch.setattr(docker_engine, "DEFAULT_SOCKET", f"unix://{tmp_path / 'no-such.sock'}")
-    monkeypatch.setattr(docker_engine.shutil, "which", lambda name: None)
-    monkeypatch.setattr(docker_engine.Path, "exists", lambda self: False)
+    monkeypatch.setattr(docker_host.shutil, "which", lambda name: None)
+    monkeypatch.setattr(docker_host.Path, "exists", lambda self: False)
     with pytest.raises(DockerUnavailable, match="no dockerd binary"):
-        docker_engine.start_dockerd(timeout_s=1)
+        docker_host.start_dockerd(timeout_s=1)
 
 
 def test_start_dockerd_never_replaces_another_engine(monkeypatch, tmp_path):
-    monkeypatch.setattr(docker_engine.shutil, "which", lambda name: "/usr/sbin/dockerd")
-    monkeypatch.setattr(docker_engine.subprocess, "Popen", lambda *a, **k: pytest.fail("started dockerd"))
+    monkeypatch.setattr(docker_host.shutil, "which", lambda name: "/usr/sbin/dockerd")
+    monkeypatch.setattr(docker_host.subprocess, "Popen", lambda *a, **k: pytest.fail("started dockerd"))
     for url in ("tcp://127.0.0.1:9", f"unix://{tmp_path / 'other.sock'}"):  # nothing answers there
         monkeypatch.setenv("DOCKER_HOST", url)
         with pytest.raises(DockerUnavailable, match="No Docker Engine answers"):
-            docker_engine.start_dockerd(timeout_s=1)
+            docker_host.start_dockerd(timeout_s=1)
 
 
 def test_prepare_wheelhouse_downloads_once_and_caches(monkeypatch, tmp_path):
@@ -134,7 +135,8 @@ def test_real_wheelhouse_installs_offline_in_the_base_image(
         pytest.skip(f"PyPI is not reachable: {error}")
     (tmp_path / "Dockerfile").write_text(
         "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nCOPY requirements.txt wheelhouse/ /w/\n"
-        "RUN python3 -m venv /v && /v/bin/pip install --no-cache-dir --no-index --find-links /w -r /w/requirements.txt\n"
+        "RUN python3 -m venv /v && /v/bin/pip install --no-cache-dir --no-index --find-links /w"
+        " -r /w/requirements.txt\n"
         "CMD [\"/v/bin/python\", \"-c\", \"import idna; print(idna.__version__)\"]\n"
     )
     image, _ = docker_client.images.build(

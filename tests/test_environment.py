@@ -10,8 +10,8 @@ import sys
 import pytest
 from labtools import REPO
 
-sys.path.insert(0, str(REPO / "tools"))
-from derive_env import locked_pins, stale_files  # noqa: E402
+from dlcloud_course import environment
+from dlcloud_course.environment import locked_pins, stale_files
 
 LOCK_TEXT = (REPO / "requirements.lock").read_text()
 PINS = dict(pin.split("==") for pin in locked_pins(LOCK_TEXT))
@@ -23,9 +23,7 @@ def test_derived_files_agree_with_the_lock():
 
 
 def test_check_mode_reports_a_disagreement(tmp_path, monkeypatch):
-    import derive_env
-
-    monkeypatch.setattr(derive_env, "REPO", tmp_path)
+    monkeypatch.setattr(environment, "REPO", tmp_path)
     assert stale_files("pandas==1.0.0\n"), "a missing environment.yml must count as stale"
 
 
@@ -85,6 +83,7 @@ def test_python_is_3_11():
 
 def test_derive_env_check_cli_passes():
     result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "derive_env.py"), "--check"], capture_output=True, text=True
+        [sys.executable, "-m", "dlcloud_course.environment", "--check"], capture_output=True, text=True,
+        cwd=REPO, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO / "src")}
     )
     assert result.returncode == 0, result.stderr

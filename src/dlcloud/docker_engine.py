@@ -5,8 +5,6 @@ module only hides what differs between the places where the course runs:
 
 - :func:`connect` finds a Docker Engine (``DOCKER_HOST`` or the default socket) and
   says clearly what to do when there is none (on Binder there never is one);
-- :func:`start_dockerd` starts an engine for tests and CI on a machine that has the
-  ``dockerd`` binary and runs as root;
 - :func:`base_image` names the image that the lab's Dockerfiles start ``FROM``: a
   pinned public Python image, or a locally built one where no registry is reachable;
 - :func:`build_local_base_image` builds that local image from Debian packages with
@@ -25,11 +23,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import docker
 import docker.errors
+
+__all__ = ["DockerUnavailable", "connect", "base_image", "build_local_base_image", "prepare_wheelhouse",
+           "remove_labelled"]
 
 #: What students on a JupyterHub with internet access build ``FROM``. Pinned to a
 #: Python minor version and a Debian release; pin a digest for full reproducibility.
@@ -40,8 +40,6 @@ LOCAL_BASE_IMAGE = "dlcloud/debian-python:bookworm"
 #: ``ensurepip``), plus ``passwd`` for ``useradd`` as in the official slim images.
 LOCAL_BASE_PACKAGES = ("python3", "python3-venv", "passwd", "ca-certificates")
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
-DOCKERD_FLAGS = ("--bridge=none", "--iptables=false", "--ip6tables=false")
-DOCKERD_LOG = Path(tempfile.gettempdir()) / "dlcloud-dockerd.log"
 
 
 class DockerUnavailable(RuntimeError):
@@ -74,52 +72,6 @@ def connect(timeout_s: float = 10.0) -> docker.DockerClient:
     # Builds and image exports take longer than a ping: no read timeout from here on.
     client.api.timeout = None
     return client
-
-
-def engine_answers() -> bool:
-    """Whether :func:`connect` would succeed right now."""
-    try:
-        connect(timeout_s=3).close()
-    except DockerUnavailable:
-        return False
-    return True
-
-
-def start_dockerd(timeout_s: float = 60.0, log_file: Path = DOCKERD_LOG) -> docker.DockerClient:
-    """Connect, starting ``dockerd`` first if no engine answers (tests and CI only).
-
-    The engine is started without a bridge network and without touching iptables, the
-    setup of this course's CI machines: containers then use the host network. Needs
-    the ``dockerd`` binary and root; otherwise raises :class:`DockerUnavailable`.
-    """
-    try:
-        return connect(timeout_s=3)
-    except DockerUnavailable as error:
-        first_error = error
-    if _engine_url() != DEFAULT_SOCKET:
-        # A dockerd we start listens on the default socket: never "replace" another engine.
-        raise first_error
-    dockerd = shutil.which("dockerd") or next(
-        (p for p in ("/usr/sbin/dockerd", "/usr/bin/dockerd") if Path(p).exists()), None
-    )
-    if dockerd is None:
-        raise DockerUnavailable(f"{first_error} (and there is no dockerd binary to start one)")
-    if os.geteuid() != 0:
-        raise DockerUnavailable(f"{first_error} (dockerd exists but starting it needs root)")
-    log = open(log_file, "ab")  # noqa: SIM115 -- stays open for the daemon's lifetime
-    subprocess.Popen(  # noqa: S603 -- fixed arguments
-        [dockerd, *DOCKERD_FLAGS], stdout=log, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, start_new_session=True,
-    )
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            return connect(timeout_s=3)
-        except DockerUnavailable:
-            time.sleep(0.5)
-    raise DockerUnavailable(
-        f"Started {dockerd} but it did not answer within {timeout_s:.0f} s; see {log_file}."
-    )
 
 
 def base_image() -> str:

@@ -12,6 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+__all__ = ["JavaNotFound", "find_java_home", "ensure_java_home"]
+
 SUPPORTED_MAJORS = (17, 21)
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+__all__ = ["MemoryWatch", "release_unused_memory", "process_tree_memory_mb"]
+
 
 def _in_container(process: psutil.Process) -> bool:
     try:
@@ -96,7 +98,7 @@ class MemoryWatch:
             self.peak_mb, self.peak_processes = current, usage
         return current
 
-    def start(self) -> "MemoryWatch":
+    def start(self) -> MemoryWatch:
         if self.options.get("include_containers"):
             # Count the containers started while watching, not those running before.
             self.options.setdefault("containers_started_after", time.time())

@@ -7,6 +7,9 @@ import time
 import urllib.error
 import urllib.request
 
+__all__ = ["LOOPBACK", "free_port", "wait_for_http"]
+
+# Where every server of the course listens: loopback only, never an outside address.
 LOOPBACK = "127.0.0.1"
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+__all__ = ["ProtoCompileError", "CompiledProto", "compile_protos"]
+
 
 class ProtoCompileError(RuntimeError):
     """protoc rejected a ``.proto`` file; the message holds protoc's own diagnostics."""

