@@ -219,6 +219,8 @@ def test_nbgrader_export_reads_the_grades(graded_class):
     lab = graded_class["lab"]
     export = lab.course / "grades.csv"
     nbgrader(lab.course, "export", "--to", str(export))
+    # The course's nbgrader_config.py may fix the file's place in the grading folder.
+    export = export if export.exists() else lab.grading_dir / "grades.csv"
     rows = {row["student_id"]: row for row in csv.DictReader(export.open())}
     assert float(rows[HONEST]["score"]) == sum(r.max_points for r in graded_class["results"][HONEST].results), (
         f"nbgrader export does not see the honest student's full marks: {rows.get(HONEST)}")
