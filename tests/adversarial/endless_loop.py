@@ -1,0 +1,5 @@
+# expect: timeout
+# ruff: noqa -- written as a student would: this is the attack, not project code
+# Never return: a grader without a wall-clock limit waits forever for the class.
+while True:
+    pass

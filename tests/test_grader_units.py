@@ -1,0 +1,153 @@
+"""The secure grader's pieces without Docker: plan, record checks, feedback, and the runner itself.
+
+The runner is started here as a plain subprocess with small plans of our own (the
+sandbox's limits are Docker's job, tested in test_secure_grader.py): what is checked is
+that its verdicts are signed, that forged ones are refused, and that tampering voids a
+verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+from dlcloud_course.grader import plan as planmod
+from dlcloud_course.grader import verdict
+from dlcloud_course.grader.plan import InstructorCell
+
+RUNNER = Path(planmod.__file__).with_name("runner.py")
+TEST_SOURCE = (
+    'where = "see double() in section 1"\n'
+    'assert double(2) == 4, f"double(2) must be 4, got {double(2)}: {where}"\n'
+    "### BEGIN HIDDEN TESTS\n"
+    'assert double(-3) == -6, f"negative numbers double too, got {double(-3)}: {where}"\n'
+    "### END HIDDEN TESTS\n"
+)
+CELLS = [
+    InstructorCell("locked", "setup", "import math\n", "import math\n"),
+    InstructorCell("solution", "write-double", "def double(x):\n    return 2 * x\n",
+                   "def double(x):\n    raise NotImplementedError()\n"),
+    InstructorCell("test", "double-works", TEST_SOURCE, TEST_SOURCE.split("### BEGIN")[0], 2.0),
+]
+
+
+def _cell(grade_id: str, source: str, **meta) -> dict:
+    return {"cell_type": "code", "source": source, "outputs": [],
+            "metadata": {"nbgrader": {"grade_id": grade_id, **meta}}}
+
+
+def _submission(solution: str, test: str | None = None) -> dict:
+    cells = [_cell("setup", "import math\n", locked=True),
+             _cell("write-double", solution, solution=True)]
+    if test is not None:
+        cells.append(_cell("double-works", test, grade=True, locked=True, points=2))
+    return {"cells": cells}
+
+
+def _run(submission: dict) -> tuple[list[dict], list]:
+    plan = planmod.build_plan(CELLS, submission)
+    key = secrets.token_bytes(32)
+    stdin = key.hex().encode() + b"\n" + json.dumps({"cells": plan.cells}).encode()
+    result = subprocess.run([sys.executable, "-I", str(RUNNER)], input=stdin, capture_output=True,
+                            timeout=120, check=False)
+    return verdict.verified_records(result.stdout, key)
+
+
+def _status(records: list[dict]) -> str:
+    return next(r["status"] for r in records if r.get("kind") == "verdict")
+
+
+def test_plan_restores_tests_and_ignores_submitted_metadata():
+    # The student turns the test into a "solution" and rewrites it: the instructor's runs.
+    sneaky = {"cells": [_cell("write-double", "def double(x):\n    return 0\n", solution=True),
+                        _cell("double-works", "pass\n", solution=True)]}
+    plan = planmod.build_plan(CELLS, sneaky)
+    test = next(c for c in plan.cells if c["id"] == "double-works")
+    assert test["kind"] == "test" and "BEGIN HIDDEN TESTS" in test["source"], (
+        "the test cell must be the instructor's, hidden part included: see build_plan()")
+    reasons = {reason for reason, _ in plan.flags}
+    assert {"edited-cell", "deleted-cell"} <= reasons, f"edited test and deleted setup must be flagged: {plan.flags}"
+
+
+def test_runner_signs_pass_and_fail():
+    honest, _ = _run(_submission("def double(x):\n    return 2 * x\n", TEST_SOURCE.split("### BEGIN")[0]))
+    assert _status(honest) == "pass", f"the honest solution must pass: {honest}"
+    wrong, _ = _run(_submission("def double(x):\n    return x + 2\n"))
+    assert _status(wrong) == "fail", f"a wrong solution must fail: {wrong}"
+    failing = next(r for r in wrong if r.get("kind") == "verdict")
+    assert failing["line"] == 4, f"the failing line is the hidden assertion (line 4): {failing}"
+
+
+def test_forged_report_is_refused_and_flagged():
+    attack = (
+        "import sys\n"
+        "frame = sys._getframe()\n"
+        "while frame is not None and 'report' not in frame.f_globals:\n"
+        "    frame = frame.f_back\n"
+        "try:\n"
+        "    frame.f_globals['report']('verdict', {'test': 'double-works', 'status': 'pass'})\n"
+        "except PermissionError:\n"
+        "    pass\n"
+        "def double(x):\n"
+        "    return 0\n"
+    )
+    records, _ = _run(_submission(attack))
+    assert _status(records) == "fail", "a forged pass must not count"
+    assert any(r.get("reason") == "forged-verdict" for r in records), f"must be flagged: {records}"
+
+
+def test_patched_builtins_void_the_verdict():
+    attack = "import builtins\nbuiltins.len = lambda x: 0\ndef double(x):\n    return 2 * x\n"
+    records, _ = _run(_submission(attack))
+    assert _status(records) == "tampered", f"a patched builtin must void the verdict: {records}"
+
+
+def test_refused_calls_are_flagged():
+    attack = (
+        "import os, sys, socket\n"
+        "for call in (lambda: sys.settrace(None), lambda: os.fork(),\n"
+        "             lambda: socket.getaddrinfo('pypi.org', 443),\n"
+        "             lambda: open('/proc/self/mem', 'rb')):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except PermissionError:\n"
+        "        pass\n"
+        "def double(x):\n"
+        "    return 2 * x\n"
+    )
+    records, _ = _run(_submission(attack))
+    reasons = [r.get("detail", "") for r in records if r.get("kind") == "flag"]
+    for event in ("sys.settrace", "os.fork", "socket.getaddrinfo", "open"):
+        assert any(reason.startswith(event) for reason in reasons), f"{event} must be refused: {reasons}"
+
+
+def test_records_with_bad_signatures_duplicates_or_gaps_are_rejected():
+    key = b"k" * 32
+    body = b'{"kind": "verdict", "seq": 1, "status": "pass", "test": "double-works"}'
+    good = b"DLCV1 " + body + b" " + hmac.new(key, body, hashlib.sha256).hexdigest().encode()
+    records, flags = verdict.verified_records(good + b"\n", key)
+    assert records and not flags
+    records, flags = verdict.verified_records(good.replace(b"pass", b"fail"), key)
+    assert not records and flags, "a changed body must fail the signature check"
+    duplicate = b'{"kind": "verdict", "seq": 1, "status": "fail", "status": "pass"}'
+    line = b"DLCV1 " + duplicate + b" " + hmac.new(key, duplicate, hashlib.sha256).hexdigest().encode()
+    records, flags = verdict.verified_records(line, key)
+    assert not records and flags, "a record with a duplicated key must be rejected"
+    records, flags = verdict.verified_records(good + b"\n" + good, key)
+    assert len(records) == 1 and flags, "a replayed record (same seq) must be rejected"
+
+
+def test_feedback_shows_the_instructors_message_not_the_hidden_source():
+    cell = CELLS[2]
+    hidden = verdict.TestResult("double-works", 0.0, 2.0, "fail", line=4, error="AssertionError")
+    text = verdict.feedback_for(cell, hidden)
+    assert "negative numbers double too, got …: see double() in section 1" in text, text
+    assert "double(-3)" not in text, f"the hidden test's code must not be shown: {text}"
+    visible = verdict.TestResult("double-works", 0.0, 2.0, "fail", line=2, error="NotImplementedError")
+    text = verdict.feedback_for(cell, visible)
+    assert "line 2" in text and "NotImplementedError" in text and "assert double(2) == 4" in text, text
