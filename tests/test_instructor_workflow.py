@@ -31,7 +31,6 @@ import pytest
 
 from dlcloud.net import free_port, wait_for_http
 from dlcloud_course.checksums import EDITED_LOCKED_CELL
-from dlcloud_course.edition import lab_source_notebooks
 
 REPO = Path(__file__).resolve().parent.parent
 LAB = "lab1-bpaas"
@@ -81,20 +80,11 @@ def run(
 
 
 def render_lab(lab: str, source_dir: Path) -> None:
-    """Lab sources as nbgrader's source folder wants them (either authored form)."""
-    import jupytext
+    """The lab rendered into nbgrader's source folder exactly as `make labs` renders it."""
+    from dlcloud_course.generate import render_lab as render
+    from dlcloud_course.labs import find
 
-    lab_dir = REPO / "solutions" / lab
-    source_dir.mkdir(parents=True)
-    notebooks = lab_source_notebooks(lab_dir)
-    for path in notebooks:
-        nbformat.write(jupytext.read(path), source_dir / f"{path.stem}.ipynb")
-    for path in lab_dir.rglob("*"):
-        skip = path in notebooks or path.name == "lab.toml" or "__pycache__" in path.parts
-        if path.is_file() and not skip and path.suffix != ".ipynb":
-            target = source_dir / path.relative_to(lab_dir)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+    render(find(lab), source_dir.parent)
 
 
 @dataclass
