@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-from-lock
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv book labs check test benchmark env lock clean lab3-live
+.PHONY: venv book labs check test benchmark env lock clean lab3-live edition grade
 
 ## venv: the one environment, made from requirements.lock (Python 3.11)
 venv: $(STAMP)
@@ -45,6 +45,16 @@ test: book
 lab3-live: venv
 	$(BIN)/python -m dlcloud.kube check
 	$(BIN)/python -m pytest -m cluster tests/test_lab3_live.py -v
+
+## edition: write the student edition (what students and the public get) to EDITION_DIR
+EDITION_DIR ?= build/student-edition
+edition: venv
+	$(BIN)/python -m dlcloud_course.edition build $(EDITION_DIR) --force
+
+## grade: grade every collected submission of LAB in its own sandbox (docs/grading.md), e.g. make grade LAB=lab1-bpaas
+grade: venv
+	@test -n "$(LAB)" || { echo "Name the lab: make grade LAB=lab1-bpaas" >&2; exit 1; }
+	$(BIN)/python -m dlcloud_course.grader grade $(LAB)
 
 ## benchmark: run each lab's solution and print wall time and peak memory against the budget
 benchmark: venv
