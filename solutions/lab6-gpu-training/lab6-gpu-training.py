@@ -302,7 +302,7 @@ else:
 # moves bytes between memory and its compute units (the bandwidth, in bytes/s). A
 # computation of arithmetic intensity *I* FLOPs per byte cannot run faster than
 #
-# $$ \text{attainable}(I) = \min(\text{peak},\; I \times \text{bandwidth}). $$
+# &emsp;&emsp;*attainable*(*I*) = min(*peak*, *I* × *bandwidth*)
 #
 # Below the **ridge point** *I* = peak / bandwidth the memory limits it; above it, the
 # arithmetic. A large matmul has a high intensity (it grows with the size: each number
