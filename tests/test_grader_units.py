@@ -151,3 +151,11 @@ def test_feedback_shows_the_instructors_message_not_the_hidden_source():
     visible = verdict.TestResult("double-works", 0.0, 2.0, "fail", line=2, error="NotImplementedError")
     text = verdict.feedback_for(cell, visible)
     assert "line 2" in text and "NotImplementedError" in text and "assert double(2) == 4" in text, text
+
+
+def test_a_test_cell_may_set_its_own_names_again():
+    """A test cell that assigns `client` or `r` again (as lab 1's do) is not tampering."""
+    from dlcloud_course.grader.runner import _stored_names
+
+    code = compile("with open('x') as handle:\n    r = 1\nclient = r\nprint(create_app)\n", "cell", "exec")
+    assert _stored_names(code) == {"handle", "r", "client"}, "only what the cell itself assigns"

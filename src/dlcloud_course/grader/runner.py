@@ -36,6 +36,7 @@ answers tailored to the tests): those are answers, not a breach of the runner.
 import _hashlib
 import _thread
 import builtins
+import dis
 import json
 import os
 import pathlib
@@ -483,14 +484,22 @@ def _other_processes(_listdir=os.listdir, _getpid=os.getpid, _getppid=os.getppid
     return _len([pid for pid in pids if pid not in (1, _getpid())])
 
 
+def _stored_names(code, _instructions=dis.get_instructions, _frozenset=frozenset) -> frozenset:
+    """The global names a cell's top-level code assigns (STORE_NAME / STORE_GLOBAL)."""
+    return _frozenset(i.argval for i in _instructions(code) if i.opname in ("STORE_NAME", "STORE_GLOBAL"))
+
+
 def run_plan(cells, namespace, baseline, output_fd, pids_limit, _exec=exec, _base=BaseException,
              _dict=dict, _changed=dict.items, _clock=time.perf_counter, _report=report,
              _integrity=integrity_problems, _snapshot=_snapshot_modules, _line=_failing_line,
              _error_name=_error_name, _fstat=os.fstat, _len=len, _round=round,
              _int_repr=int.__repr__, _note_bytes=OUTPUT_NOTE_BYTES, _tuple=tuple,
-             _other_processes=_other_processes):
+             _other_processes=_other_processes, _stored_names=_stored_names):
     """Run every cell in order; after each test cell, report its verdict."""
     _report("flag", {"reason": "started", "detail": "cells: " + _int_repr(_len(cells))})
+    # The names each test cell's own top-level code assigns (from its bytecode, read before
+    # any student code runs): a test that sets `client` or `r` again is not tampering.
+    test_stores = _dict((cell_id, _stored_names(code)) for kind, cell_id, code in cells if kind == "test")
     instructor_bindings = ()  # rebuilt, never edited: a frame's reader sees a stale tuple
     modules = None
     checks_s = cells_s = 0.0
@@ -512,6 +521,10 @@ def run_plan(cells, namespace, baseline, output_fd, pids_limit, _exec=exec, _bas
             instructor_bindings = _tuple(
                 [(n, v) for n, v in instructor_bindings if n not in names] + bound)
         if kind == "test":
+            own = test_stores[cell_id]
+            instructor_bindings = _tuple(
+                [(n, v) for n, v in instructor_bindings if n not in own]
+                + [(n, namespace[n]) for n in own if n in namespace])
             checking = _clock()
             problems = _integrity(baseline, modules, namespace, instructor_bindings)
             checks_s += _clock() - checking
