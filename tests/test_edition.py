@@ -232,6 +232,7 @@ def test_build_replaces_only_an_edition(tmp_path):
     )
 
 
+@pytest.mark.slow  # a whole strict book build: make test, not make check
 def test_the_edition_book_builds(student_edition, tmp_path):
     """The edition's book builds on its own, strictly (about 10 s on 2 cores)."""
     book = tmp_path / "book-copy"

@@ -24,6 +24,9 @@ import numpy as np
 import pytest
 from lab7_support import LabSession
 
+# Runs the lab's server and cells: make test, not the quick make check.
+pytestmark = pytest.mark.slow
+
 SEED = 20131
 REQUESTS = 400          # a fixed number of fuzzed calls
 CONCURRENCY = 8         # sent in waves, so the batcher sees concurrent bad and good rows

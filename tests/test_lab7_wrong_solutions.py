@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 from lab7_support import LabSession
 
+# Runs the lab's server and cells: make test, not the quick make check.
+pytestmark = pytest.mark.slow
+
 WRONG = Path(__file__).parent / "wrong_solutions" / "lab7"
 FIRST_REPLACEABLE = "dynamic-batcher"  # every mistake replaces this cell or a later one
 HEADER = re.compile(r"^# (Mistake|Replaces|Loses points in|Message names): (.*)$", re.M)
