@@ -1,8 +1,9 @@
 """Lab 7's tests catch realistic mistakes, each in the right cell, with a message that names it.
 
-Each file in `wrong_solutions/lab7/` is one solution cell as a good student under time
-pressure might write it, with a header saying which cell it replaces, which test cell
-must then lose its points, and a phrase that test's message must contain. The lab runs in
+Each file in `wrong_solutions/lab7/` is a small patch of one solution cell, as a good
+student under time pressure might write it, in the same form as lab 1's: the mistake, the
+cell, the text it replaces and what with, the test cell that must then lose its points,
+and a phrase that test's message must contain. The lab runs in
 this process as its kernel would (`lab7_support.LabSession`): the expensive cells before
 the batcher (training, export) once, then, for each mistake, a copy of that namespace
 runs every non-test cell from the batcher on, with the wrong cell swapped in, up to the
@@ -12,28 +13,34 @@ here is the mistake's, not the machine's.
 
 from __future__ import annotations
 
-import re
+import tomllib
 from pathlib import Path
 
 import pytest
 from lab7_support import LabSession
+from labtools import source_notebook
 
 # Runs the lab's server and cells: make test, not the quick make check.
 pytestmark = pytest.mark.slow
 
 WRONG = Path(__file__).parent / "wrong_solutions" / "lab7"
 FIRST_REPLACEABLE = "dynamic-batcher"  # every mistake replaces this cell or a later one
-HEADER = re.compile(r"^# (Mistake|Replaces|Loses points in|Message names): (.*)$", re.M)
+REFERENCE = {cell.id: cell.source for cell in source_notebook("lab7-grpc-serving").cells}
 
 
 def mistake(path: Path) -> dict:
-    source = path.read_text(encoding="utf-8")
-    fields = dict(HEADER.findall(source))
-    return {"name": path.stem, "why": fields["Mistake"], "cell": fields["Replaces"],
-            "test": fields["Loses points in"], "message": fields["Message names"], "source": source}
+    """A patch of one reference cell, applied: the wrong cell's whole source."""
+    patch = tomllib.loads(path.read_text(encoding="utf-8"))
+    assert {"mistake", "cell", "replace", "with", "fails", "message"} == set(patch), path.name
+    reference = REFERENCE[patch["cell"]]
+    count = reference.count(patch["replace"])
+    assert count == 1, f"{path.name}: its `replace` text occurs {count} times in {patch['cell']!r}: update the patch"
+    (test,) = patch["fails"]
+    return {"name": path.stem, "why": patch["mistake"], "cell": patch["cell"], "test": test,
+            "message": patch["message"], "source": reference.replace(patch["replace"], patch["with"])}
 
 
-MISTAKES = [mistake(path) for path in sorted(WRONG.glob("*.py"))]
+MISTAKES = [mistake(path) for path in sorted(WRONG.glob("*.toml"))]
 
 
 @pytest.fixture(scope="module")
