@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-from-lock
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv book labs check test benchmark env lock clean lab3-live edition grade
+.PHONY: venv book labs check test benchmark env lock clean lab3-live edition grade model
 
 ## venv: the one environment, made from requirements.lock (Python 3.11)
 venv: $(STAMP)
@@ -36,6 +36,10 @@ labs: venv
 check: venv
 	$(BIN)/ruff check src tests benchmarks solutions
 	$(BIN)/python -m pytest -m "not slow and not docker and not java and not cluster and not gpu and not browser" -q
+
+## model: retrain the course's shipped payout model (src/dlcloud/models/pays_out/), then commit it
+model: venv
+	$(BIN)/python -m dlcloud_course.model
 
 ## test: build the book, then run every test (Docker tests need a Docker Engine)
 test: book

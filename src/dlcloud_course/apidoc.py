@@ -16,7 +16,9 @@ import re
 from dlcloud_course.labs import REPO
 
 API_PAGE = REPO / "book" / "api.md"
-MODULES = ("data", "product", "net", "java", "spark", "memory", "docker_engine", "kube", "protos", "devices")
+MODULES = (
+    "data", "product", "features", "net", "java", "spark", "memory", "docker_engine", "kube", "protos", "devices",
+)
 
 PAGE_HEADER = """\
 # The student runtime: `dlcloud`

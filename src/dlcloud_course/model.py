@@ -1,0 +1,156 @@
+"""Train the course's shipped payout model: ``python -m dlcloud_course.model [--check]``.
+
+Labs 7, 3 and 8 serve a model of the payout event, and each must run on its own, without
+a student's lab 5 result. So the course ships one: a small Keras network on the
+point-in-time quote features of :mod:`dlcloud.features`, trained on the train months and
+saved as a TensorFlow SavedModel in TF Serving's layout, ``src/dlcloud/models/pays_out/1/``.
+
+``metadata.json`` next to it records what it was trained from (a digest of the feature and
+training code and the TensorFlow version) and its test-period metrics. ``--check`` fails
+when that digest no longer matches the code: then ``make model`` must be run and the new
+model committed. The training is seeded and single-threaded, so a re-run reproduces the
+metrics closely, though not bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import dlcloud.features as features
+
+VERSION = 1
+EPOCHS = 4
+BATCH_SIZE = 1024
+SEED = 13
+# The code the model is a function of: change one and the shipped model is stale.
+_SOURCES = (Path(features.__file__), Path(__file__))
+
+
+def source_digest() -> str:
+    """SHA-256 over the feature and training code, the seed and the TensorFlow major.minor."""
+    import tensorflow as tf
+
+    digest = hashlib.sha256()
+    for path in _SOURCES:
+        digest.update(path.read_bytes())
+    digest.update(f"seed={SEED} epochs={EPOCHS} tf={'.'.join(tf.__version__.split('.')[:2])}".encode())
+    return digest.hexdigest()
+
+
+def brier(labels, probabilities) -> float:
+    import numpy as np
+
+    return float(np.mean((np.asarray(probabilities, dtype=float) - np.asarray(labels, dtype=float)) ** 2))
+
+
+def auc(labels, scores) -> float:
+    """Area under the ROC curve by the rank-sum formula (ties get their mean rank)."""
+    import numpy as np
+    import pandas as pd
+
+    labels = np.asarray(labels).astype(bool)
+    ranks = pd.Series(np.asarray(scores, dtype=float)).rank().to_numpy()
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def build_model(train_x):
+    """Normalisation (adapted on the train months) → 32 → 16 → sigmoid probability."""
+    import keras
+
+    normalise = keras.layers.Normalization(name="normalise")
+    normalise.adapt(train_x)
+    inputs = keras.Input(shape=(len(features.FEATURES),), name="features", dtype="float32")
+    hidden = keras.layers.Dense(32, activation="relu")(normalise(inputs))
+    hidden = keras.layers.Dense(16, activation="relu")(hidden)
+    output = keras.layers.Dense(1, activation="sigmoid", name="probability")(hidden)
+    model = keras.Model(inputs, output, name=features.MODEL_NAME)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    return model
+
+
+def train(out_dir: Path) -> dict:
+    """Train, export ``out_dir/<VERSION>/`` and write ``out_dir/metadata.json``; return it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    keras.utils.set_random_seed(SEED)
+    parts = features.split(features.quote_features())
+    columns = list(features.FEATURES)
+    train_x, train_y = parts["train"][columns].to_numpy(), parts["train"]["pays_out"].to_numpy("float32")
+    model = build_model(train_x)
+    model.fit(train_x, train_y, epochs=EPOCHS, batch_size=BATCH_SIZE, shuffle=True, verbose=0)
+
+    metrics = {}
+    for name in ("validation", "test"):
+        x, y = parts[name][columns].to_numpy(), parts[name]["pays_out"].to_numpy()
+        p = model.predict(x, batch_size=8192, verbose=0)[:, 0]
+        metrics[name] = {"rows": len(y), "brier": round(brier(y, p), 5), "auc": round(auc(y, p), 4),
+                         "mean_probability": round(float(np.mean(p)), 4), "payout_rate": round(float(np.mean(y)), 4)}
+
+    version_dir = out_dir / str(VERSION)
+    shutil.rmtree(version_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.export(str(version_dir), format="tf_saved_model", verbose=False)
+    _remove_empty_folders(version_dir)  # git keeps no empty assets/: the same tree as a checkout
+    metadata = {
+        "name": features.MODEL_NAME,
+        "version": VERSION,
+        "features": columns,
+        "signature": {"input": f"features float32 [batch, {len(columns)}]",
+                      "output": "output_0 float32 [batch, 1], the payout probability"},
+        "trained_on_months": list(features.TRAIN_MONTHS),
+        "label": f"dlcloud.product.pays_out (threshold {features.THRESHOLD_MINUTES} min, cancelled and diverted pay)",
+        "metrics": metrics,
+        "source_digest": source_digest(),
+        "tensorflow": tf.__version__,
+    }
+    (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    return metadata
+
+
+def _remove_empty_folders(root: Path) -> None:
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def check(out_dir: Path) -> list[str]:
+    """Problems with the shipped model: missing files or a stale digest."""
+    meta_path = out_dir / "metadata.json"
+    if not (out_dir / str(VERSION) / "saved_model.pb").exists() or not meta_path.exists():
+        return [f"no shipped model in {out_dir}: run `make model` and commit it"]
+    recorded = json.loads(meta_path.read_text()).get("source_digest")
+    if recorded != source_digest():
+        return [f"{out_dir} was trained from other code than dlcloud/features.py and dlcloud_course/model.py "
+                "now hold: run `make model` and commit the new model"]
+    return []
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=features.model_dir())
+    parser.add_argument("--check", action="store_true", help="only check that the shipped model is up to date")
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = check(args.out)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1 if problems else 0
+    metadata = train(args.out)
+    print(json.dumps(metadata["metrics"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
