@@ -252,12 +252,15 @@ _STEP_ID = re.compile(r"^ ---> ([0-9a-f]{12,})$")
 
 
 def _build(
-    client, context: Path, tag: str, build_args: dict[str, str], labels: dict[str, str], log
+    client, context: Path, tag: str, build_args: dict[str, str], labels: dict[str, str], log,
+    target: str | None = None,
 ) -> str | None:
-    """Build ``tag``; return the id of the image that ends the first stage (or None)."""
+    """Build ``tag`` (up to stage ``target``); return the id of the image that ends the
+    first stage (or None)."""
     stream = client.api.build(
         path=str(context),
         tag=tag,
+        target=target,
         buildargs=build_args,
         labels=labels,
         rm=True,
@@ -308,19 +311,19 @@ def build_course_image(
     _cache_root().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="course-image-context-", dir=_cache_root()) as work:
         context = prepare_context(Path(work) / "context")
-        try:
-            environment = _build(client, context, tag, build_args, labels, log)
-        except RuntimeError as error:
-            # On an engine shared with other test sessions, their cleanup of dangling
-            # images can delete an intermediate image of this build while it runs ("failed
-            # to get digest ... no such file"). The layers built so far are cached: retry.
-            if "no such file or directory" not in str(error).lower():
-                raise
-            environment = _build(client, context, tag, build_args, labels, log)
-    # The environment stage gets its own tag: an untagged stage is "dangling", and any
-    # `docker image prune` (or another test's cleanup) would throw the slow layer away.
-    if environment is not None:
-        client.api.tag(environment, repository, "environment")
+        # The environment stage is built and tagged first, on its own: an untagged stage is
+        # "dangling", and a `docker image prune` by another session on a shared engine
+        # would throw the slow layer away between the build and a later tag.
+        stages = ((f"{repository}:environment", "environment"), (tag, None))
+        for stage_tag, target in stages:
+            try:
+                _build(client, context, stage_tag, build_args, labels, log, target=target)
+            except RuntimeError as error:
+                # Such a cleanup can also delete an intermediate image while the build runs
+                # ("failed to get digest ... no such file"). The layers so far are cached: retry.
+                if "no such file or directory" not in str(error).lower():
+                    raise
+                _build(client, context, stage_tag, build_args, labels, log, target=target)
     # Earlier builds of this image, now untagged: ours (labelled), so ours to remove.
     client.images.prune(filters={"dangling": True, "label": IMAGE_LABEL})
     return tag
