@@ -164,7 +164,7 @@ print(f"search sample: {len(search_sample)} flights of the train months, "
       f"payout rate {search_sample['pays_out'].mean():.3f} (train months: {train['pays_out'].mean():.3f})")
 
 
-# %% solution="search"
+# %% solution="budgeted-search"
 def suggest_config(trial):
     ### BEGIN SOLUTION
     return {
@@ -326,7 +326,7 @@ def logit(probabilities):
     return np.log(p / (1 - p))
 
 
-# %% solution="calibration"
+# %% solution="platt-calibration"
 def fit_calibrator(probabilities, labels):
     ### BEGIN SOLUTION
     platt = LogisticRegression().fit(logit(probabilities)[:, None], np.asarray(labels))
@@ -413,7 +413,7 @@ print(f"test Brier {raw_brier:.4f} -> {calibrated_brier:.4f}, calibrator fitted 
 # `policies`, the `premiums_cents` collected, the `claims_cents` paid and the
 # `margin_cents` (premiums minus claims), all Python `int`s.
 
-# %% solution="premiums"
+# %% solution="premiums-and-margin"
 def premiums_for(probabilities):
     ### BEGIN SOLUTION
     return np.array([premium_cents(PAYOUT_CENTS, float(p)) for p in probabilities], dtype=np.int64)
@@ -500,7 +500,7 @@ IMPORTANCE_REPEATS = 5
 importance_rows = test.sample(n=10_000, random_state=SEED)
 
 
-# %% solution="importance"
+# %% solution="held-out-importance"
 def held_out_importance(model, columns, rows):
     ### BEGIN SOLUTION
     result = permutation_importance(model, rows[columns], rows["pays_out"], scoring="roc_auc",
@@ -614,7 +614,7 @@ final_metrics = {"auc": roc_auc_score(test["pays_out"], calibrated["test"]),
                  "brier": brier_score_loss(test["pays_out"], calibrated["test"])}
 
 
-# %% solution="model-card"
+# %% solution="build-model-card"
 def build_model_card():
     ### BEGIN SOLUTION
     def period(name, rows, months, role):
@@ -793,9 +793,11 @@ print("cost arithmetic OK")
 # applies anyway: AI literacy of the staff who run it (Article 4, since 2 February 2025);
 # transparency duties of Article 50 only if it interacted with people as a chatbot, which a
 # pricing model does not. Other law applies in full: the GDPR when personal data is
-# processed, consumer and insurance-distribution law. The high-risk obligations (August 2026
-# in the Act as adopted) were proposed for postponement by the Commission's November 2025
-# digital omnibus; for this product that changes nothing.
+# processed, consumer and insurance-distribution law. The high-risk obligations (2 August
+# 2026 in Article 113 as adopted) would move to 2 December 2027 under the Commission's
+# November 2025 digital omnibus, on which a provisional agreement of May 2026 is reported;
+# until it is published in the Official Journal the adopted dates stand. For this product
+# that changes nothing.
 #
 # *Rubric (3 points).* 1 point: minimal risk / not high-risk, with the reason (Annex III
 # 5(c) names life and health insurance only; not a natural person's risk). 1 point: names
@@ -843,9 +845,9 @@ print("cost arithmetic OK")
 # sources). Customer policies are personal data: a transfer needs a Chapter V basis. For a
 # US provider certified under the EU-US Data Privacy Framework the Commission's adequacy
 # decision of 10 July 2023 (Article 45) is the basis; the General Court dismissed the
-# challenge in Latombe (T-553/23) on 3 September 2025, and an appeal to the Court of
-# Justice was lodged, so the basis stands but may fall as its predecessors did (Schrems I
-# and II). Prudent practice: standard contractual clauses as a fallback, a transfer
+# challenge in Latombe (T-553/23) on 3 September 2025, and Mr Latombe appealed to the Court
+# of Justice on 31 October 2025 (C-703/25 P, pending), so the basis stands but may fall as
+# its predecessors did (Schrems I and II). Prudent practice: standard contractual clauses as a fallback, a transfer
 # impact assessment, or an EU region. A provider's EU region alone is not always enough
 # (access from the US, the CLOUD Act).
 #
