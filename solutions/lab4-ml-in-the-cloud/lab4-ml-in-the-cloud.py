@@ -467,7 +467,7 @@ print("premium arithmetic OK")
 # %% [markdown] given="black-box-text"
 # ## 5. Opening the black box
 #
-# A boosted model of 200 trees cannot be read. Two questions can still be answered from
+# A boosted model of up to 200 trees cannot be read. Two questions can still be answered from
 # the outside, and they are different questions:
 #
 # - **How much does the model rely on a feature?** *Permutation importance* shuffles one
