@@ -101,6 +101,7 @@ def test_the_mistakes_are_well_formed_and_apply(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the first test runs the fixture: seven whole labs, two at a time
 @pytest.mark.parametrize("name", [path.stem for path in MISTAKES])
 def test_each_mistake_loses_points_in_the_right_cells(outcomes, name):
     mistake, failures = outcomes[name]
