@@ -320,8 +320,9 @@ def build_course_image(
                 _build(client, context, stage_tag, build_args, labels, log, target=target)
             except RuntimeError as error:
                 # Such a cleanup can also delete an intermediate image while the build runs
-                # ("failed to get digest ... no such file"). The layers so far are cached: retry.
-                if "no such file or directory" not in str(error).lower():
+                # ("failed to get digest ... no such file", "No such image: sha256:..."). The
+                # layers built so far are cached: retry once.
+                if not any(sign in str(error).lower() for sign in ("no such file or directory", "no such image")):
                     raise
                 _build(client, context, stage_tag, build_args, labels, log, target=target)
     # Earlier builds of this image, now untagged: ours (labelled), so ours to remove.
