@@ -52,13 +52,13 @@ def champion_report(**changes) -> dict:
 
 
 def test_psi_matches_its_definition_on_a_two_bin_feature():
-    psi = namespace_with("psi")["psi"]
+    psi = namespace_with("psi-drift")["psi"]
     value = psi(np.r_[np.zeros(700), np.ones(300)], np.r_[np.zeros(300), np.ones(700)])
     assert value == pytest.approx(2 * 0.4 * np.log(0.7 / 0.3), abs=1e-3)
 
 
 def test_psi_is_near_zero_for_one_distribution_and_near_one_for_a_shift_of_one_sd():
-    psi = namespace_with("psi")["psi"]
+    psi = namespace_with("psi-drift")["psi"]
     rng = np.random.default_rng(1)
     reference = rng.normal(size=50_000)
     assert psi(reference, rng.normal(size=50_000)) < 0.005
@@ -66,7 +66,7 @@ def test_psi_is_near_zero_for_one_distribution_and_near_one_for_a_shift_of_one_s
 
 
 def test_psi_without_smoothing_is_infinite_on_an_empty_bin():
-    wrong = namespace_with("psi", replace={"psi": (
+    wrong = namespace_with("psi-drift", replace={"psi-drift": (
         "ref_share, cur_share = np.clip(ref_share, SMOOTHING, None), np.clip(cur_share, SMOOTHING, None)\n", "pass\n")})
     with np.errstate(divide="ignore", invalid="ignore"):
         value = wrong["psi"](np.arange(1000.0), np.full(1000, 2000.0))
@@ -74,7 +74,7 @@ def test_psi_without_smoothing_is_infinite_on_an_empty_bin():
 
 
 def test_drift_levels_follow_the_usual_thresholds():
-    level = namespace_with("psi")["drift_level"]
+    level = namespace_with("psi-drift")["drift_level"]
     assert [level(v) for v in (0.0, 0.099, 0.1, 0.249, 0.25, 2.0)] == [
         "stable", "stable", "moderate", "moderate", "major", "major"]
 

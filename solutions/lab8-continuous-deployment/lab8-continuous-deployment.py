@@ -9,13 +9,13 @@
 #
 # | section | what you build | graded |
 # | --- | --- | --- |
-# | 1 | a **model registry** (MLflow, local SQLite): versions, the `champion` alias | `registry` |
-# | 2 | **drift**: PSI and Kolmogorov–Smirnov per feature, summer against winter, a retraining trigger | `psi` |
+# | 1 | a **model registry** (MLflow, local SQLite): versions, the `champion` alias | `registry-versions` |
+# | 2 | **drift**: PSI and Kolmogorov–Smirnov per feature, summer against winter, a retraining trigger | `psi-drift` |
 # | 3 | two retrained candidates, registered as versions 2 and 3 | |
 # | 4 | a **validation gate**: quality, calibration, subgroups, p95 latency, signature | `validation-gate` |
 # | 5 | a **hot swap**: a gRPC server moves to a new version under load, zero failed requests | `hot-swap` |
 # | 6 | a **canary controller** that rolls a faulty version back by itself and promotes a healthy one | `canary-decision` |
-# | 7 | the **pipeline** as a GitHub Actions workflow, linted offline, and the image's Dockerfile | `workflow` |
+# | 7 | the **pipeline** as a GitHub Actions workflow, linted offline, and the image's Dockerfile | `deploy-workflow` |
 #
 # Everything runs on this machine: no tracking server, no cloud account, no network. The
 # servers bind `127.0.0.1`; the last cell stops them.
@@ -189,7 +189,7 @@ def saved_model_of(version: int) -> Path:
 # `MODEL_NAME`; it returns the new version's number as an `int`. Then `set_champion(version)`
 # moves the alias, and `champion_version()` reads it back from the registry.
 
-# %% solution="registry"
+# %% solution="registry-versions"
 def register(saved_model_dir, run_name: str, metrics: dict, tags: dict | None = None) -> int:
     ### BEGIN SOLUTION
     with mlflow.start_run(run_name=run_name):
@@ -268,7 +268,7 @@ assert run.data.tags.get("trained_on_months") == "1-8", "register() must set the
 # gap between the two cumulative distributions. On hundreds of thousands of rows its p-value
 # is tiny for differences that do not matter: read its statistic, not its p-value.
 
-# %% solution="psi"
+# %% solution="psi-drift"
 PSI_BINS = 10
 PSI_MODERATE, PSI_MAJOR = 0.1, 0.25
 SMOOTHING = 1e-4  # the smallest share a bin may have, so that ln() stays finite
@@ -708,13 +708,13 @@ class VersionedModel:
                 self._retire_idle()
         ### END SOLUTION
 
-    ### BEGIN SOLUTION
     def _retire_idle(self) -> None:
-        # Called with the lock held: drop old versions no request is using any more.
+        # Called with the lock held: drop the old versions that no request is using any more.
+        ### BEGIN SOLUTION
         for version in [v for v in self._retiring if self._in_flight[v] == 0]:
             del self._retiring[version]
             self.events.append((time.monotonic(), "retired", version))
-    ### END SOLUTION
+        ### END SOLUTION
 
 
 # %% [markdown] given="load-text"
@@ -1055,8 +1055,26 @@ assert "p95" in canary_runs["latency"]["log"][-1]["reason"], f"A latency rollbac
 # pasted into a script. Two real linters check it offline: `check-jsonschema` against the
 # schema of workflow files (a misspelt key fails), and `zizmor`, a static analyser for
 # GitHub Actions security problems. `hadolint` checks the Dockerfile.
+#
+# Write the file's text as the string `WORKFLOW` in the cell below; the cell after it puts it
+# at `.github/workflows/deploy.yml` in a scratch copy of the service's repository (with the
+# Dockerfile and `k8s/`) and runs the linters. This machine has no network, so here are the
+# commit SHAs of the releases to pin (in a real repository, Dependabot or Renovate keeps them
+# current, with the tag as a comment):
+#
+# | action | release | commit |
+# | --- | --- | --- |
+# | `actions/checkout` | v4.2.2 | `11bd71901bbe5b1630ceea73d27597364c9af683` |
+# | `actions/setup-python` | v5.6.0 | `a26af69be951a213d495a4c3e4e4022e16d87065` |
+# | `docker/setup-buildx-action` | v3.10.0 | `b5ca514318bd6ebac0fb2aedd5d36ec1b5c232a2` |
+# | `docker/login-action` | v3.4.0 | `74a5d142397b4f367a81961eba4e8cd7edddf772` |
+# | `docker/build-push-action` | v6.18.0 | `263435318d21b8e681c14492fe198d362a7d2c83` |
+#
+# The kubeconfig comes from a repository secret `KUBECONFIG`; the image's digest is an
+# output of `docker/build-push-action` (`steps.<id>.outputs.digest`), and kustomize sets it
+# when the overlay lists it under `images:` (`name: payout-model`, `newName`, `digest`).
 
-# %% solution="workflow"
+# %% solution="deploy-workflow"
 ### BEGIN SOLUTION
 WORKFLOW = """\
 name: deploy-payout-model
