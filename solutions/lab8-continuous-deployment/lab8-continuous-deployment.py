@@ -846,6 +846,11 @@ with probe.use() as (version, _):
 (probe_dir / "not-a-version").mkdir()
 probe.poll()
 assert probe.version == 1, "Folders whose name is not a number are not versions: see poll()"
+assert not any(version == 5 for _, _, version in probe.events), (
+    "A half-written version must be waited for, not loaded or marked failed: check for saved_model.pb in poll()")
+shutil.copytree(SHIPPED_V1, probe_dir / "5", dirs_exist_ok=True)  # the writer finishes version 5
+probe.poll()
+assert probe.version == 5, "A version folder that becomes complete later must then be loaded: see poll()"
 ### END HIDDEN TESTS
 
 # %% [markdown] given="canary-text"
