@@ -1093,6 +1093,9 @@ concurrency:
   cancel-in-progress: false
 env:
   IMAGE: ghcr.io/${{ github.repository }}/payout-model
+defaults:
+  run:
+    shell: bash  # named, so that GitHub runs scripts with -eo pipefail
 jobs:
   test:
     runs-on: ubuntu-24.04
@@ -1147,7 +1150,6 @@ jobs:
           KUBECONFIG_DATA: ${{ secrets.KUBECONFIG }}
           DIGEST: ${{ needs.build.outputs.digest }}
         run: |
-          set -eo pipefail
           printf '%s' "$KUBECONFIG_DATA" > "$RUNNER_TEMP/kubeconfig"
           export KUBECONFIG="$RUNNER_TEMP/kubeconfig"
           printf 'images:\\n  - name: payout-model\\n    newName: %s\\n    digest: %s\\n' "$IMAGE" "$DIGEST" \\
@@ -1169,7 +1171,6 @@ jobs:
           KUBECONFIG_DATA: ${{ secrets.KUBECONFIG }}
           DIGEST: ${{ needs.build.outputs.digest }}
         run: |
-          set -eo pipefail
           printf '%s' "$KUBECONFIG_DATA" > "$RUNNER_TEMP/kubeconfig"
           export KUBECONFIG="$RUNNER_TEMP/kubeconfig"
           printf 'images:\\n  - name: payout-model\\n    newName: %s\\n    digest: %s\\n' "$IMAGE" "$DIGEST" \\
