@@ -47,7 +47,6 @@ import warnings
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas")
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
@@ -948,6 +947,8 @@ print(f"Brier on Nov-Dec: model {model_brier:.4f}, flat price {flat_brier:.4f}; 
       f"observed payout rate {y_test.mean():.3f}, mean prediction {test_scores.mean():.3f}")
 
 # %% given="reliability-diagram"
+import matplotlib.pyplot as plt  # imported here, after the memory peak of the two replicas
+
 calibration = reliability_table(y_test, test_scores)
 figure, axes = plt.subplots(figsize=(5, 5))
 axes.plot([0, 1], [0, 1], linestyle=":", color="grey", label="calibrated")
