@@ -115,4 +115,24 @@ def solution_lines(lab: str) -> list[str]:
     return _lines_only_in(regions, sources)
 
 
+def load_patch(path: Path, reference_sources: dict[str, str]) -> dict:
+    """A wrong solution in the course's form (``tests/wrong_solutions/<lab>/*.toml``), applied.
+
+    The file names the ``mistake``, the solution ``cell`` it patches, the text it
+    ``replace``s (exactly once in that cell) ``with`` what, the test cells that must then
+    ``fail`` and the ``message`` their error must contain. Returns those fields with
+    ``name`` (the file's stem) and ``source``, the whole wrong cell.
+    """
+    import tomllib
+
+    patch = tomllib.loads(path.read_text(encoding="utf-8"))
+    assert {"mistake", "cell", "replace", "with", "fails", "message"} == set(patch), path.name
+    assert patch["cell"] in reference_sources, f"{path.name}: no cell {patch['cell']!r} in the lab"
+    reference = reference_sources[patch["cell"]]
+    count = reference.count(patch["replace"])
+    assert count == 1, f"{path.name}: its `replace` text occurs {count} times in {patch['cell']!r}: update the patch"
+    assert patch["replace"] != patch["with"] and patch["fails"], path.name
+    return {**patch, "name": path.stem, "source": reference.replace(patch["replace"], patch["with"])}
+
+
 __all__ = ["Lab", "REPO", "SOLUTIONS", "LABS", "discover", "find"]

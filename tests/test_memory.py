@@ -68,3 +68,13 @@ def test_only_containers_started_while_watching_are_counted(monkeypatch):
         for child in (earlier, later, root):
             child.kill()
             child.wait()
+
+
+def test_lab_budget_reports_wall_time_peak_and_processes():
+    from dlcloud.memory import LabBudget
+
+    budget = LabBudget(memory_mib=2048, wall_s=300, interval_s=0.05).start()
+    report = budget.report()
+    first, *processes = report.splitlines()
+    assert "budget 300 s" in first and "budget 2048 MiB" in first and budget.watch.peak_mb > 0
+    assert any(f"pid {os.getpid()}" in line for line in processes), report

@@ -70,3 +70,14 @@ def test_shipped_model_predicts_probabilities(quotes):
     rate = meta["metrics"]["test"]["payout_rate"]
     assert meta["metrics"]["test"]["brier"] < rate * (1 - rate)
     assert meta["metrics"]["test"]["auc"] > 0.65
+
+
+def test_shipped_model_is_lab_5s_model():
+    """`make model` trains the network of lab 5's build-model cell, with its settings."""
+    lab = course_model.lab_definitions()
+    assert {"build_model", "LEARNING_RATE", "EPOCHS", "BATCH_SIZE"} <= set(lab)
+    n = len(features.FEATURES)
+    model = lab["build_model"](np.zeros(n, "float32"), np.ones(n, "float32"))
+    assert model.inputs[0].name == "features" and model.input_shape == (None, n) and model.output_shape == (None, 1)
+    meta = json.loads((features.model_dir() / "metadata.json").read_text())
+    assert meta["training"]["epochs"] == lab["EPOCHS"] and meta["training"]["batch_size"] == lab["BATCH_SIZE"]

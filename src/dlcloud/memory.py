@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["MemoryWatch", "release_unused_memory", "process_tree_memory_mb"]
+__all__ = ["LabBudget", "MemoryWatch", "release_unused_memory", "process_tree_memory_mb"]
 
 
 def _in_container(process: psutil.Process) -> bool:
@@ -156,3 +156,34 @@ def release_unused_memory(spark=None, settle_s: float = 0.5) -> float:
         spark.sparkContext._jvm.System.gc()
     time.sleep(settle_s)  # G1 uncommits the freed heap regions in the background
     return before - process_tree_memory_mb()
+
+
+class LabBudget:
+    """A lab's bill against its budget: wall time and peak memory of the kernel and its children.
+
+    ``budget = LabBudget().start()`` in a lab's first cell, ``print(budget.report())`` in
+    its last: the wall time since start, the peak of :class:`MemoryWatch` (the kernel, the
+    JVM, Spark's Python workers, TensorFlow replicas) and the processes at that peak,
+    against the Binder-sized budget of 2 GiB and 5 minutes on 2 cores.
+    """
+
+    def __init__(self, memory_mib: float = 2048, wall_s: float = 300, interval_s: float = 0.5):
+        self.memory_mib = memory_mib
+        self.wall_s = wall_s
+        self.watch = MemoryWatch(interval_s=interval_s)
+        self._started = 0.0
+
+    def start(self) -> LabBudget:
+        self._started = time.perf_counter()
+        self.watch.start()
+        return self
+
+    def report(self) -> str:
+        """Stop watching and return the bill, one line per process at the peak."""
+        seconds = time.perf_counter() - self._started
+        peak = self.watch.stop()
+        lines = [f"wall time {seconds:.0f} s (budget {self.wall_s:.0f} s), peak memory {peak:.0f} MiB "
+                 f"(budget {self.memory_mib:.0f} MiB; kernel + JVM + Python workers, proportional set size)"]
+        ranked = sorted(self.watch.peak_processes.items(), key=lambda item: -item[1][1])
+        lines += [f"  {mb:6.0f} MiB  pid {pid}  {name}" for pid, (name, mb) in ranked]
+        return "\n".join(lines)

@@ -1,15 +1,20 @@
 """Train the course's shipped payout model: ``python -m dlcloud_course.model [--check]``.
 
 Labs 7, 3 and 8 serve a model of the payout event, and each must run on its own, without
-a student's lab 5 result. So the course ships one: a small Keras network on the
-point-in-time quote features of :mod:`dlcloud.features`, trained on the train months and
-saved as a TensorFlow SavedModel in TF Serving's layout, ``src/dlcloud/models/pays_out/1/``.
+a student's lab 5 result. So the course ships one: **lab 5's model**, the network of the
+``build-model`` cell of lab 5's reference solution with the settings of its
+``training-settings`` cell, read from ``solutions/lab5-spark-tensorflow/`` with the
+course's own lab reader, so that the architecture and the training settings are defined
+once. It is trained on the point-in-time quote features of :mod:`dlcloud.features` (the
+pandas reference of the table lab 5 builds in Spark) for the train months, and saved as a
+TensorFlow SavedModel in TF Serving's layout, ``src/dlcloud/models/pays_out/1/``.
 
-``metadata.json`` next to it records what it was trained from (a digest of the feature and
-training code and the TensorFlow version) and its test-period metrics. ``--check`` fails
-when that digest no longer matches the code: then ``make model`` must be run and the new
-model committed. The training is seeded and single-threaded, so a re-run reproduces the
-metrics closely, though not bit for bit.
+``metadata.json`` next to it records what it was trained from (a digest of the feature
+code, of the two lab cells, of this trainer and the TensorFlow version) and its
+test-period metrics. ``--check`` fails when that digest no longer matches: then
+``make model`` must be run and the new model committed. The training is seeded and
+single-threaded, so a re-run reproduces the metrics closely, though not bit for bit. (The
+lab streams the same rows from Parquet with ``tf.data``; here they come from memory.)
 """
 
 from __future__ import annotations
@@ -25,21 +30,45 @@ from pathlib import Path
 import dlcloud.features as features
 
 VERSION = 1
-EPOCHS = 4
-BATCH_SIZE = 1024
 SEED = 13
-# The code the model is a function of: change one and the shipped model is stale.
+# The lab whose reference solution defines the model, and its cells that do.
+LAB = "lab5-spark-tensorflow"
+MODEL_CELLS = ("build-model", "training-settings")
+# The code the model is a function of (with the lab cells): change one and it is stale.
 _SOURCES = (Path(features.__file__), Path(__file__))
 
 
+def lab_cells() -> dict[str, str]:
+    """The sources of lab 5's ``MODEL_CELLS``, by grade_id, as the lab reader renders them."""
+    from dlcloud_course.labs import find
+    from dlcloud_course.render import read_lab_notebook
+
+    cells = {cell.id: cell.source for cell in read_lab_notebook(find(LAB).source).cells}
+    missing = [name for name in MODEL_CELLS if name not in cells]
+    if missing:
+        raise RuntimeError(f"lab {LAB} has no cells {missing}: the shipped model is defined there")
+    return {name: cells[name] for name in MODEL_CELLS}
+
+
+def lab_definitions() -> dict:
+    """``build_model``, ``LEARNING_RATE``, ``EPOCHS`` and ``BATCH_SIZE`` of lab 5's reference."""
+    namespace = {"FEATURES": list(features.FEATURES)}
+    for name, source in lab_cells().items():
+        exec(compile(source, f"{LAB}:{name}", "exec"), namespace)  # the course's own lab source
+    return namespace
+
+
 def source_digest() -> str:
-    """SHA-256 over the feature and training code, the seed and the TensorFlow major.minor."""
+    """SHA-256 over the feature code, lab 5's model cells, this trainer, the seed and the
+    TensorFlow major.minor."""
     import tensorflow as tf
 
     digest = hashlib.sha256()
     for path in _SOURCES:
         digest.update(path.read_bytes())
-    digest.update(f"seed={SEED} epochs={EPOCHS} tf={'.'.join(tf.__version__.split('.')[:2])}".encode())
+    for name, source in lab_cells().items():
+        digest.update(f"{name}\n{source}".encode())
+    digest.update(f"seed={SEED} tf={'.'.join(tf.__version__.split('.')[:2])}".encode())
     return digest.hexdigest()
 
 
@@ -60,18 +89,16 @@ def auc(labels, scores) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def build_model(train_x):
-    """Normalisation (adapted on the train months) → 32 → 16 → sigmoid probability."""
+def build_model(train_x, definitions: dict | None = None):
+    """Lab 5's ``build_model`` with the train months' mean and population variance, compiled
+    as the lab compiles it (Adam at its ``LEARNING_RATE``, binary cross-entropy)."""
     import keras
+    import numpy as np
 
-    normalise = keras.layers.Normalization(name="normalise")
-    normalise.adapt(train_x)
-    inputs = keras.Input(shape=(len(features.FEATURES),), name="features", dtype="float32")
-    hidden = keras.layers.Dense(32, activation="relu")(normalise(inputs))
-    hidden = keras.layers.Dense(16, activation="relu")(hidden)
-    output = keras.layers.Dense(1, activation="sigmoid", name="probability")(hidden)
-    model = keras.Model(inputs, output, name=features.MODEL_NAME)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
+    lab = definitions or lab_definitions()
+    train_x = np.asarray(train_x, dtype=np.float64)
+    model = lab["build_model"](train_x.mean(axis=0).astype("float32"), train_x.var(axis=0).astype("float32"))
+    model.compile(optimizer=keras.optimizers.Adam(lab["LEARNING_RATE"]), loss="binary_crossentropy")
     return model
 
 
@@ -88,8 +115,9 @@ def train(out_dir: Path) -> dict:
     parts = features.split(features.quote_features())
     columns = list(features.FEATURES)
     train_x, train_y = parts["train"][columns].to_numpy(), parts["train"]["pays_out"].to_numpy("float32")
-    model = build_model(train_x)
-    model.fit(train_x, train_y, epochs=EPOCHS, batch_size=BATCH_SIZE, shuffle=True, verbose=0)
+    lab = lab_definitions()
+    model = build_model(train_x, lab)
+    model.fit(train_x, train_y, epochs=lab["EPOCHS"], batch_size=lab["BATCH_SIZE"], shuffle=True, verbose=0)
 
     metrics = {}
     for name in ("validation", "test"):
@@ -110,6 +138,9 @@ def train(out_dir: Path) -> dict:
         "signature": {"input": f"features float32 [batch, {len(columns)}]",
                       "output": "output_0 float32 [batch, 1], the payout probability"},
         "trained_on_months": list(features.TRAIN_MONTHS),
+        "defined_by": f"solutions/{LAB}: cells {', '.join(MODEL_CELLS)}",
+        "training": {"epochs": lab["EPOCHS"], "batch_size": lab["BATCH_SIZE"],
+                     "learning_rate": lab["LEARNING_RATE"], "seed": SEED},
         "label": f"dlcloud.product.pays_out (threshold {features.THRESHOLD_MINUTES} min, cancelled and diverted pay)",
         "metrics": metrics,
         "source_digest": source_digest(),
@@ -132,8 +163,9 @@ def check(out_dir: Path) -> list[str]:
         return [f"no shipped model in {out_dir}: run `make model` and commit it"]
     recorded = json.loads(meta_path.read_text()).get("source_digest")
     if recorded != source_digest():
-        return [f"{out_dir} was trained from other code than dlcloud/features.py and dlcloud_course/model.py "
-                "now hold: run `make model` and commit the new model"]
+        return [f"{out_dir} was trained from other code than dlcloud/features.py, lab 5's cells "
+                f"{', '.join(MODEL_CELLS)} and dlcloud_course/model.py now hold: run `make model` and "
+                "commit the new model"]
     return []
 
 
