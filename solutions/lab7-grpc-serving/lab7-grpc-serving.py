@@ -326,8 +326,8 @@ print(f"payout {PAYOUT_CENTS} cents, loading {LOADING:.0%}: a 10 % payout probab
 #
 # When should the worker *wait* for company? A classic batcher always waits up to
 # `batch_timeout_s` for the batch to fill, and so charges a lone caller the whole timeout
-# for company that never comes (on the course's machine, such a batcher served half as
-# many requests as no batching at all to a single caller). Ours waits only when there is load:
+# for company that never comes (here a round trip takes about a millisecond, so a 2 ms
+# timeout would cut a single caller's throughput to about a third). Ours waits only when there is load:
 # if nothing else was waiting when it took the first request, it runs that request at
 # once; if others were waiting (they arrived while the model was busy), more are likely
 # on their way, and it keeps collecting until the batch holds `max_batch_size` rows or
@@ -1833,9 +1833,10 @@ print(f"mean batch size at 32 callers: on {on_32:.1f}, off {off_32:.1f}")
 #
 # ### BEGIN SOLUTION
 # Rubric (3 points; numbers must be the student's own, from their table).
-# - 1 point for questions 1 and 2. (1) At one caller the two gRPC rows are within noise of
-#   each other (ratio about 1.0): with nobody else queued the batcher runs the request at
-#   once and adds only a queue hop. A batcher that always waited would add the whole
+# - 1 point for questions 1 and 2. (1) At one caller the two gRPC rows should be within
+#   noise of each other (ratio about 1.0; the notebook runs the set-ups one after the other,
+#   so on a shared machine they can differ either way, which a good answer notices): with
+#   nobody else queued the batcher runs the request at once and adds only a queue hop. A batcher that always waited would add the whole
 #   timeout, 2 ms, to every request: at a model call well under a millisecond that is
 #   about half the throughput, or worse. (2) Mean batch size near 32 at 32 callers means
 #   one model call serves ~32 requests, so the model's cost per request falls ~32-fold;
