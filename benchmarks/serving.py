@@ -6,7 +6,8 @@ Prints one table (no assertions), all ratios measured in the same run:
   signature directly, on the same batch (1 row and 32 rows);
 * gRPC (TensorFlow Serving's ``PredictionService``) against a REST baseline (FastAPI +
   uvicorn, TensorFlow Serving's JSON format), one row per request;
-* dynamic batching on (up to 32 rows, 2 ms, waiting only when others are queued) against
+* dynamic batching on (up to 32 rows, 2 ms or ``--batch-timeout-ms``, waiting only when
+  others are queued) against
   off (``max_batch_size=1``), measured in interleaved slices so that drift on a shared
   machine falls on both alike.
 
@@ -129,7 +130,7 @@ class Batcher:
                 start += len(rows)
 
 
-def _server_main(export_dir: str, ports: dict, ready) -> None:
+def _server_main(export_dir: str, ports: dict, ready, batch_timeout_s: float) -> None:
     import grpc
     import numpy as np
     import tensorflow as tf
@@ -140,7 +141,7 @@ def _server_main(export_dir: str, ports: dict, ready) -> None:
 
     configure_tensorflow()
     predict_fn = load_predict_fn(Path(export_dir))
-    batchers = {"on": Batcher(predict_fn, 32, 0.002), "off": Batcher(predict_fn, 1, 0.0)}
+    batchers = {"on": Batcher(predict_fn, 32, batch_timeout_s), "off": Batcher(predict_fn, 1, 0.0)}
 
     class Prediction(prediction_service_pb2_grpc.PredictionServiceServicer):
         def __init__(self, batcher):
@@ -330,6 +331,8 @@ async def measure(export_dir: Path, ports: dict, quick: bool) -> list[tuple[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the requests")
+    parser.add_argument("--batch-timeout-ms", type=float, default=2.0,
+                        help="the batcher's wait for company under load (default 2, as in the lab)")
     args = parser.parse_args()
 
     from dlcloud.features import model_dir
@@ -339,7 +342,8 @@ def main() -> None:
     ports = {"on": free_port(), "off": free_port(), "rest": free_port()}
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    server = ctx.Process(target=_server_main, args=(str(export_dir), ports, ready), daemon=True)
+    server = ctx.Process(target=_server_main, args=(str(export_dir), ports, ready, args.batch_timeout_ms / 1000),
+                         daemon=True)
     server.start()
     load_before = os.getloadavg()[0]
     try:
@@ -354,7 +358,8 @@ def main() -> None:
 
     width = max(len(row[0]) for row in table)
     load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
-    print(f"\nServing benchmark of {MODEL_NAME}/1 ({os.cpu_count()} CPUs, {load}; {took:.0f} s of load; "
+    print(f"\nServing benchmark of {MODEL_NAME}/1 ({os.cpu_count()} CPUs, {load}; batch timeout "
+          f"{args.batch_timeout_ms:g} ms; {took:.0f} s of load; "
           "server and client in separate processes)\n")
     for name, detail, ratio in table:
         print(f"{name:<{width}}  {ratio:<45}  {detail}")
