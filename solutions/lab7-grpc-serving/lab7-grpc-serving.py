@@ -114,9 +114,9 @@ print("TensorFlow", tf.__version__, "| gRPC", grpc.__version__, "| scratch folde
 # TensorFlow Serving expects **one folder per version** under the model's base path
 # (`.../pays_out/1`, `.../pays_out/2`, ...) and by default serves the highest version it
 # finds. Versions are numbers, not names: `10` is newer than `9`, although `"10" < "9"` as
-# text. And a version is only there once its `saved_model.pb` is: a deployment that copies
-# version 2 into place is half-written for a moment, and a server that picks it up then
-# fails to load it (or worse, loads half of it).
+# text. And in this lab a version only counts once its `saved_model.pb` is there: a
+# deployment that copies version 2 into place leaves a half-written folder for a moment,
+# and a server that picks it up too early fails to load it.
 #
 # **Your task.** Write `latest_version(model_base)`: the highest version under `model_base`,
 # as an `int`, counting only folders whose name is a positive whole number and that hold a
