@@ -6,14 +6,16 @@ Prints one table (no assertions), all ratios measured in the same run:
   signature directly, on the same batch (1 row and 32 rows);
 * gRPC (TensorFlow Serving's ``PredictionService``) against a REST baseline (FastAPI +
   uvicorn, TensorFlow Serving's JSON format), one row per request;
-* dynamic batching on (up to 32 rows, 2 ms, waiting only when others are queued) against
+* dynamic batching on (up to 32 rows, 2 ms or ``--batch-timeout-ms``, waiting only when
+  others are queued) against
   off (``max_batch_size=1``), measured in interleaved slices so that drift on a shared
   machine falls on both alike.
 
 The servers run in a child process with their own event loop, the load generator in
-this one, so client and server each get a core of a 2-core machine. The model has the
-lab's shape (6 inputs, 16 hidden units, 1 sigmoid output) with untrained weights: the
-serving costs do not depend on the weights.
+this one, so client and server each get a core of a 2-core machine. The model is the one
+lab 7 serves: the course's shipped SavedModel (``dlcloud.features.model_dir() / "1"``,
+12 float32 features in, ``output_0`` [batch, 1] out). The load average is printed with
+the table: on a shared machine it says how much the figures can be trusted.
 
     .venv/bin/python benchmarks/serving.py            # about a minute on 2 cores
     .venv/bin/python benchmarks/serving.py --quick    # fewer requests
@@ -25,14 +27,15 @@ import contextlib
 import multiprocessing as mp
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow logs "failed call to cuInit" as an error on a machine without a GPU: noise here.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-N_FEATURES = 6
-MODEL_NAME = "flight_delay"
+N_FEATURES = 12   # dlcloud.features.FEATURES
+MODEL_NAME = "pays_out"  # dlcloud.features.MODEL_NAME
+OUTPUT = "output_0"  # the serving_default signature's output
 LOOPBACK = "127.0.0.1"
 
 
@@ -50,31 +53,13 @@ def configure_tensorflow() -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
-def export_model(export_dir: Path) -> None:
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(7)
-    model = keras.Sequential([
-        keras.Input((N_FEATURES,)),
-        keras.layers.Dense(16, activation="relu"),
-        keras.layers.Dense(1, activation="sigmoid"),
-    ])
-
-    @tf.function(input_signature=[tf.TensorSpec([None, N_FEATURES], tf.float32, name="features")])
-    def serve(features):
-        return {"delay_probability": model(features, training=False)[:, 0]}
-
-    tf.saved_model.save(model, str(export_dir), signatures={"serving_default": serve})
-
-
 def load_predict_fn(export_dir: Path):
     import tensorflow as tf
 
     signature = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
 
     def predict(features):
-        return signature(features=tf.constant(features))["delay_probability"].numpy()
+        return signature(features=tf.constant(features))[OUTPUT].numpy()
 
     return predict
 
@@ -145,7 +130,7 @@ class Batcher:
                 start += len(rows)
 
 
-def _server_main(export_dir: str, ports: dict, ready) -> None:
+def _server_main(export_dir: str, ports: dict, ready, batch_timeout_s: float) -> None:
     import grpc
     import numpy as np
     import tensorflow as tf
@@ -156,7 +141,7 @@ def _server_main(export_dir: str, ports: dict, ready) -> None:
 
     configure_tensorflow()
     predict_fn = load_predict_fn(Path(export_dir))
-    batchers = {"on": Batcher(predict_fn, 32, 0.002), "off": Batcher(predict_fn, 1, 0.0)}
+    batchers = {"on": Batcher(predict_fn, 32, batch_timeout_s), "off": Batcher(predict_fn, 1, 0.0)}
 
     class Prediction(prediction_service_pb2_grpc.PredictionServiceServicer):
         def __init__(self, batcher):
@@ -169,7 +154,7 @@ def _server_main(export_dir: str, ports: dict, ready) -> None:
                                     f"Servable not found for request: {wanted}")
             features = tf.make_ndarray(request.inputs["features"]).astype(np.float32)
             response = predict_pb2.PredictResponse()
-            response.outputs["delay_probability"].CopyFrom(
+            response.outputs[OUTPUT].CopyFrom(
                 tf.make_tensor_proto(await self.batcher.predict(features)))
             return response
 
@@ -346,30 +331,36 @@ async def measure(export_dir: Path, ports: dict, quick: bool) -> list[tuple[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the requests")
+    parser.add_argument("--batch-timeout-ms", type=float, default=2.0,
+                        help="the batcher's wait for company under load (default 2, as in the lab)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        export_dir = Path(tmp) / MODEL_NAME / "1"
-        configure_tensorflow()
-        export_model(export_dir)
-        ports = {"on": free_port(), "off": free_port(), "rest": free_port()}
-        ctx = mp.get_context("spawn")
-        ready = ctx.Event()
-        server = ctx.Process(target=_server_main, args=(str(export_dir), ports, ready), daemon=True)
-        server.start()
-        try:
-            if not ready.wait(120):
-                raise TimeoutError("the server process did not start within 120 s")
-            started = time.perf_counter()
-            table = asyncio.run(measure(export_dir, ports, args.quick))
-            took = time.perf_counter() - started
-        finally:
-            server.terminate()
-            server.join(10)
+    from dlcloud.features import model_dir
+
+    export_dir = model_dir() / "1"
+    configure_tensorflow()
+    ports = {"on": free_port(), "off": free_port(), "rest": free_port()}
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    server = ctx.Process(target=_server_main, args=(str(export_dir), ports, ready, args.batch_timeout_ms / 1000),
+                         daemon=True)
+    server.start()
+    load_before = os.getloadavg()[0]
+    try:
+        if not ready.wait(120):
+            raise TimeoutError("the server process did not start within 120 s")
+        started = time.perf_counter()
+        table = asyncio.run(measure(export_dir, ports, args.quick))
+        took = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.join(10)
 
     width = max(len(row[0]) for row in table)
-    print(f"\nServing benchmark ({os.cpu_count()} CPUs, {took:.0f} s of load; server and client in "
-          "separate processes)\n")
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    print(f"\nServing benchmark of {MODEL_NAME}/1 ({os.cpu_count()} CPUs, {load}; batch timeout "
+          f"{args.batch_timeout_ms:g} ms; {took:.0f} s of load; "
+          "server and client in separate processes)\n")
     for name, detail, ratio in table:
         print(f"{name:<{width}}  {ratio:<45}  {detail}")
 

@@ -5,6 +5,8 @@ cell `await` at top level. `LabSession` does the same: the cells come from the l
 source (rendered as `make labs` does), are compiled with top-level await allowed and run
 in order on one event loop that outlives each cell, so the servers a cell starts keep
 serving for the cells after it. Swapping a cell for another source runs a wrong solution.
+The cells run in the lab rendered as `make labs` renders it, so the files it ships (the
+.proto) and the ones generated for it (lab 1's insurance_service.py) lie next to them.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ import asyncio
 import contextlib
 import inspect
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from labtools import source_notebook
 
+from dlcloud_course.generate import render_lab
 from dlcloud_course.labs import find
 
 LAB = "lab7-grpc-serving"
-LAB_DIR = find(LAB).source.parent
 TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 
 
@@ -42,11 +46,13 @@ class LabSession:
         self.loop = asyncio.new_event_loop()
         self.namespace: dict = {"__name__": "__main__"}
         self.cells = lab_cells()
+        self._rendered = Path(tempfile.mkdtemp(prefix="lab7-session-"))
+        self.lab_dir = render_lab(find(LAB), self._rendered)
 
     def run_source(self, source: str, name: str, namespace: dict | None = None) -> None:
         code = compile(source, f"{LAB}:{name}", "exec", flags=TOP_LEVEL_AWAIT)
         namespace = self.namespace if namespace is None else namespace
-        with _working_directory(LAB_DIR):  # the lab reads its .proto from the current folder
+        with _working_directory(self.lab_dir):  # the lab reads its files from the current folder
             result = eval(code, namespace)  # noqa: S307 - the lab's own cells, as a kernel runs them
             if inspect.iscoroutine(result):
                 self.loop.run_until_complete(result)
@@ -71,6 +77,7 @@ class LabSession:
             self.run_cell("cleanup")
         self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         self.loop.close()
+        shutil.rmtree(self._rendered, ignore_errors=True)
 
 
 @contextlib.contextmanager

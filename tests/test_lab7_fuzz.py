@@ -5,7 +5,7 @@ The server is the lab's own solution: its cells run in this process as a kernel 
 PredictRequest, GetModelMetadataRequest, QuoteRequest and QuoteBatchRequest messages from
 the real protos, good ones first, then mutated the way an attacker or a buggy client
 would: wrong and unknown dtypes, absurd and negative shapes, content that does not fill
-the shape, non-finite numbers, huge strings, missing fields; and raw bytes (random, bit
+the shape, non-finite numbers, huge strings, missing fields, flights that do not exist; and raw bytes (random, bit
 flipped, truncated, oversized) sent past the stubs' serializers. Every reply must be OK
 or a status that says what is wrong, never UNKNOWN (an exception that escaped a
 handler) and never a hang; afterwards health and a good request must still answer.
@@ -71,8 +71,8 @@ class Fuzzer:
             return "x" * self.rng.choice([1_000, 100_000])
         if choice == 2:
             return "".join(chr(self.rng.randrange(0x20, 0x2FFF)) for _ in range(self.rng.randrange(1, 40)))
-        return self.rng.choice([self.ns["MODEL_NAME"], "flight_delay ", "FLIGHT_DELAY", "serving_default",
-                                "../etc/passwd", "%s%n", "\x00"])
+        name = self.ns["MODEL_NAME"]
+        return self.rng.choice([name, f"{name} ", name.upper(), "serving_default", "../etc/passwd", "%s%n", "\x00"])
 
     def good_predict(self):
         rows = self.rng.randrange(1, 9)
@@ -137,13 +137,22 @@ class Fuzzer:
         request.metadata_field.extend(self.rng.choice([[], ["signature_def"], [self.text()], ["signature_def"] * 3]))
         return request
 
+    def real_flight(self):
+        """A flight that exists: a row of the server's quote-time feature table."""
+        row = self.ns["QUOTE_FEATURES"].iloc[self.rng.randrange(len(self.ns["QUOTE_FEATURES"]))]
+        return self.pb.Flight(origin=row["origin"], carrier_code=row["carrier"], flight_number=int(row["flight"]),
+                              date=row["sched_dep"].strftime("%Y-%m-%d"))
+
     def quote(self):
         rng = self.rng
-        flight = self.pb.Flight(origin=rng.choice(["EWR", "JFK", "LGA", "BOS", "jfk", self.text()]),
-                                month=rng.choice([1, 6, 12, 0, 13, -1, 2**31 - 1, -(2**31)]),
-                                hour=rng.choice([0, 9, 23, 24, -1, 2**31 - 1]),
-                                distance_miles=rng.choice([200.0, 2475.0, 0.0, -1.0, math.nan, math.inf,
-                                                           -math.inf, 1e308, 5e-324, 6000.0, 6000.5]))
+        flight = self.real_flight()
+        for _ in range(rng.randrange(0, 3)):  # zero to two fields made wrong
+            field = rng.choice(["origin", "carrier_code", "flight_number", "date"])
+            bad = {"origin": ["BOS", "jfk", "", self.text()],
+                   "carrier_code": ["ua", "UAL", "", "U", "\u00dcA", self.text()],
+                   "flight_number": [0, -1, 10_000, 9999, 2**31 - 1, -(2**31)],
+                   "date": ["2013-02-30", "2013-1-1", "2013-01-01T00:00", "", "9999-12-31", self.text()]}[field]
+            setattr(flight, field, rng.choice(bad))
         request = self.pb.QuoteRequest(payout_cents=rng.choice([1, 20_000, 1_000_000, 1_000_001, 0, -1,
                                                                 2**63 - 1, -(2**63)]))
         if rng.random() < 0.9:
@@ -255,10 +264,11 @@ async def still_serving(ns: dict, target: str) -> None:
         assert first.status == health_pb2.HealthCheckResponse.SERVING, f"Health Watch answered {first}"
         reply = await prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
             ns["predict_request"](ns["X_probe"][:5]), timeout=CALL_TIMEOUT_S)
-        np.testing.assert_allclose(tf.make_ndarray(reply.outputs["delay_probability"]), ns["expected_probe"][:5],
+        np.testing.assert_allclose(tf.make_ndarray(reply.outputs["output_0"])[:, 0], ns["expected_probe"][:5],
                                    atol=1e-5, err_msg="After the fuzz campaign a good Predict must be answered right")
         quote = await ns["quotes"].pb2_grpc.QuoteServiceStub(channel).GetQuote(
-            ns["pb"].QuoteRequest(flight=ns["pb"].Flight(origin="JFK", month=7, hour=18, distance_miles=2475),
+            ns["pb"].QuoteRequest(flight=ns["pb"].Flight(origin="EWR", carrier_code="UA", flight_number=1545,
+                                                         date="2013-01-01"),
                                   payout_cents=20_000), timeout=CALL_TIMEOUT_S)
         assert quote.payout_cents == 20_000 and 0 < quote.premium_cents < 25_000, (
             f"After the fuzz campaign a good GetQuote must be answered: {quote}")

@@ -3,10 +3,10 @@
 Each file in `wrong_solutions/lab7/` is a small patch of one solution cell, as a good
 student under time pressure might write it, in the same form as lab 1's: the mistake, the
 cell, the text it replaces and what with, the test cell that must then lose its points,
-and a phrase that test's message must contain. The lab runs in
-this process as its kernel would (`lab7_support.LabSession`): the expensive cells before
-the batcher (training, export) once, then, for each mistake, a copy of that namespace
-runs every non-test cell from the batcher on, with the wrong cell swapped in, up to the
+and a phrase that test's message must contain. The lab runs in this process as its
+kernel would (`lab7_support.LabSession`): the expensive cells before the batcher (loading
+the model, computing the quote-time features) once, then, for each mistake, a copy of that
+namespace runs every non-test cell from the batcher on, with the wrong cell swapped in, up to the
 test cell that must fail. The same run with the reference cells must pass, so a failure
 here is the mistake's, not the machine's.
 """
