@@ -42,9 +42,10 @@
 #   silicon that machine is **arm64**, so the wheels must be arm64 Linux wheels: section 1
 #   asks the engine for its architecture instead of assuming x86-64. The lab runs its
 #   containers on the **host network** (the course's engines have no bridge network), and
-#   Docker Desktop supports host networking only from version **4.34**, with *Enable host
-#   networking* turned on in Settings > Resources > Network; without it the service starts
-#   but this notebook cannot reach it on `127.0.0.1`.
+#   Docker Desktop supports [host networking](https://docs.docker.com/engine/network/drivers/host/)
+#   only from version **4.34**, with *Enable host networking* turned on in Settings >
+#   Resources > Network (IPv4 only, and not with Enhanced Container Isolation); without it
+#   the service starts but this notebook cannot reach it on `127.0.0.1`.
 # - **Windows** with Docker Desktop on the **WSL 2** backend: run Jupyter *inside* your WSL 2
 #   distribution (so that the paths this notebook mounts are Linux paths the engine sees),
 #   with the same host-networking setting (4.34 or later).
@@ -454,9 +455,11 @@ assert not leaks, (f"Your .dockerignore lets these files into the build context:
 #
 # **The SDK builds with the legacy builder.** `client.api.build` calls the engine's
 # `/build` endpoint the way `docker build` did before BuildKit, which is why its log reads
-# `Step 3/16 : ...` and ` ---> Using cache`. Since Docker 23.0 the CLI builds with
-# **BuildKit** (through buildx) and reports the legacy builder as deprecated when you ask
-# for it (`DOCKER_BUILDKIT=0`). BuildKit changes three things this lab touches: its
+# `Step 3/16 : ...` and ` ---> Using cache` (BuildKit needs a gRPC session the SDK does not
+# implement: [docker-py#2230](https://github.com/docker/docker-py/issues/2230)). Since
+# [Docker 23.0](https://github.com/moby/moby/releases/tag/v23.0.0) the CLI builds with
+# **BuildKit** (through buildx) and prints *"DEPRECATED: The legacy builder is deprecated"*
+# when you ask for the old one (`DOCKER_BUILDKIT=0`). BuildKit changes three things this lab touches: its
 # **cache** skips stages the target does not need, builds independent stages in parallel
 # and can keep caches between builds (`RUN --mount=type=cache`) or export them to a
 # registry; it can **mount a secret** into one `RUN` step without writing it into any layer
