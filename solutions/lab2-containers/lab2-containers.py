@@ -548,9 +548,9 @@ assert user.split(":")[0] not in ("", "root", "0"), \
 ### BEGIN HIDDEN TESTS
 uid = client.containers.run(optimized.id, ["id", "-u"], network_mode="host", labels=LABELS,
                             remove=True).decode().strip()
-assert uid != "0", "A process in your image runs with uid 0: the USER instruction must name a non-root user"
-assert (optimized.attrs["Config"].get("Healthcheck") or {}).get("Test"), "The image has no HEALTHCHECK"
-assert any(line.startswith("Step ") for line in optimized_log), "build_image must return the build log lines"
+assert uid != "0", "A process in your image runs with uid 0: the USER instruction must name a non-root user (section 2)"
+assert (optimized.attrs["Config"].get("Healthcheck") or {}).get("Test"), "The image has no HEALTHCHECK, so the engine cannot tell whether it works: see section 2"
+assert any(line.startswith("Step ") for line in optimized_log), "build_image must return the lines of the build log it streamed (section 3)"
 ### END HIDDEN TESTS
 
 # %% [markdown] given="run-text"
@@ -677,20 +677,20 @@ print(json.dumps({k: v for k, v in service_check.items() if k not in shown}, ind
 assert client is not None, NO_ENGINE
 assert service_check.get("health_status") == "healthy", \
     f"The container never became healthy ({service_check}): see run_service and wait_until_healthy in section 4"
-assert service_check.get("health", {}).get("status") == "ok", f"/health answered {service_check.get('health')}"
+assert service_check.get("health", {}).get("status") == "ok", f"/health answered {service_check.get('health')}: see run_service in section 4"
 ### BEGIN HIDDEN TESTS
 ready_answer = service_check.get("ready", {})
 assert ready_answer.get("database") is True and ready_answer.get("flights_loaded") is True, \
-    f"/ready should report a working database and the mounted flights as loaded, got {ready_answer}"
+    f"/ready should report a working database and the mounted flights as loaded, got {ready_answer}: see the mounts of run_service (section 4) and the database directory (section 2)"
 claim_answer = service_check.get("claim", {})
 assert claim_answer.get("state") == "claim_paid" and claim_answer.get("arr_delay") == 851, \
-    f"MQ 3944 arrived 851 minutes late in the mounted flights: the claim must be paid, got {claim_answer}"
+    f"MQ 3944 arrived 851 minutes late in the mounted flights: the claim must be paid, got {claim_answer}; see run_service (section 4)"
 assert claim_answer.get("paid_amount") == 250, \
     f"The payout must come from the environment (PAYOUT_AMOUNT=250, see run_service), got {claim_answer.get('paid_amount')}"
 assert service_check.get("after_restart") == claim_answer, \
     "A new container on the same volume must find the policy unchanged: DB_PATH must be on the volume (sections 2 and 4)"
 leftover = client.containers.list(all=True, filters={"label": f"dlcloud.run={RUN_ID}"})
-assert not leftover, f"Containers of this run are still there: {leftover}; stop and remove them in a finally"
+assert not leftover, f"Containers of this run are still there: {leftover}; stop and remove them in a finally (section 4)"
 ### END HIDDEN TESTS
 
 # %% [markdown] given="cache-text"
@@ -778,16 +778,16 @@ shared = shared_layers(optimized, rebuilt)
 assert base_layers < shared < len(rebuilt.attrs["RootFS"]["Layers"]), \
     f"After a code change only the code layers should differ: {shared} shared layers, base has {base_layers}; see shared_layers in section 5"
 ### BEGIN HIDDEN TESTS
-assert shared_layers(optimized, optimized) == len(optimized.attrs["RootFS"]["Layers"]), "shared_layers(a, a) must count every layer"
+assert shared_layers(optimized, optimized) == len(optimized.attrs["RootFS"]["Layers"]), "shared_layers(a, a) must count every layer (section 5)"
 assert cached_steps(["Step 1/2 : FROM x", " ---> abc", "Step 2/2 : RUN y", " ---> Using cache"]) == ["Step 2/2 : RUN y"], \
-    "cached_steps must return only the steps followed by 'Using cache'"
+    "cached_steps must return only the steps followed by 'Using cache' (section 5)"
 base_ids = {step["Id"] for step in client.images.get(BASE_IMAGE).history()}
 
 def biggest_added_step(image):
     return max((s for s in image.history() if s["Id"] not in base_ids), key=lambda s: s["Size"])["Id"]
 
-assert biggest_added_step(optimized) == biggest_added_step(rebuilt), "The dependency layer was rebuilt instead of reused"
-assert times["optimized rebuild"] < times["optimized cold"], "The cached rebuild should be faster than the cold build"
+assert biggest_added_step(optimized) == biggest_added_step(rebuilt), "The dependency layer was rebuilt instead of reused after a code-only change: see the order of steps (section 2)"
+assert times["optimized rebuild"] < times["optimized cold"], "The cached rebuild should be faster than the cold build: see the order of steps (section 2)"
 ### END HIDDEN TESTS
 
 # %% [markdown] given="naive-text"
@@ -851,8 +851,8 @@ assert sizes_mb["optimized"] < sizes_mb["naive"], \
     f"Your image ({sizes_mb['optimized']:.1f} MB) should be smaller than the naive one ({sizes_mb['naive']:.1f} MB): see section 2"
 ### BEGIN HIDDEN TESTS
 assert not any("pip install" in step for step in cached_steps(naive_rebuilt_log)), \
-    "cached_steps finds a cached pip install in the naive rebuild, where COPY . comes first"
-assert times["naive rebuild"] > times["optimized rebuild"], "The naive rebuild should be slower than yours"
+    "cached_steps finds a cached pip install in the naive rebuild, where COPY . comes first: see cached_steps (section 5)"
+assert times["naive rebuild"] > times["optimized rebuild"], "The naive rebuild should be slower than yours: see the order of steps (section 2)"
 ### END HIDDEN TESTS
 
 # %% [markdown] given="secrets-text"
@@ -988,11 +988,11 @@ assert findings_ours == [], (
 )
 ### BEGIN HIDDEN TESTS
 assert any(f["where"] == "history" and f["secret"] == api_token for f in findings_bad), \
-    "The build argument API_TOKEN should be found in the history"
+    "The build argument API_TOKEN should be found in the image history: see find_secrets (section 7)"
 assert any(f["where"] == "layer" and f["secret"] == deploy_key and f["location"].endswith("deploy.env")
-           for f in findings_bad), "The deleted deploy.env should be found in its layer"
-assert find_secrets(rebuilt) == [], "The rebuilt image should hold no secret either"
-assert find_secrets(bad, re.compile(re.escape(api_token.encode()))), "find_secrets must use the pattern it is given"
+           for f in findings_bad), "The deleted deploy.env should be found in the layer that copied it: read every layer (section 7)"
+assert find_secrets(rebuilt) == [], "The rebuilt image should hold no secret either: see the .dockerignore (section 2)"
+assert find_secrets(bad, re.compile(re.escape(api_token.encode()))), "find_secrets must use the pattern it is given (section 7)"
 
 
 def _as_oci_layout(image):
