@@ -135,4 +135,47 @@ def load_patch(path: Path, reference_sources: dict[str, str]) -> dict:
     return {**patch, "name": path.stem, "source": reference.replace(patch["replace"], patch["with"])}
 
 
+def cell_role(cell) -> tuple[str | None, str | None]:
+    """("tests" | "solution" | None, grade_id) of a rendered cell, from its nbgrader metadata."""
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    if meta.get("grade") and not meta.get("solution"):
+        return "tests", meta.get("grade_id")
+    if meta.get("solution"):
+        return "solution", meta.get("grade_id")
+    return None, meta.get("grade_id")
+
+
+def patched_notebook(notebook: nbformat.NotebookNode, mistake: dict) -> nbformat.NotebookNode:
+    """A copy of ``notebook`` with a wrong solution's patch (``cell``, ``replace``, ``with``) applied."""
+    import copy
+
+    patched = copy.deepcopy(notebook)
+    cells = [c for c in patched.cells if cell_role(c) == ("solution", mistake["cell"])]
+    assert len(cells) == 1, f"no solution cell {mistake['cell']!r}"
+    count = cells[0].source.count(mistake["replace"])
+    assert count == 1, f"the patch's `replace` text occurs {count} times in {mistake['cell']!r}: update the patch"
+    cells[0].source = cells[0].source.replace(mistake["replace"], mistake["with"])
+    return patched
+
+
+def failing_test_cells(notebook: nbformat.NotebookNode, workdir: Path, cell_timeout_s: int) -> dict[str, str]:
+    """Run ``notebook`` as nbgrader's autograder does (every cell, errors allowed) in ``workdir``;
+    grade_id -> error text of every test cell that fails (raises or writes to stderr)."""
+    from nbclient import NotebookClient
+
+    NotebookClient(notebook, timeout=cell_timeout_s, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(workdir)}}).execute()
+    failures = {}
+    for cell in notebook.cells:
+        role, grade_id = cell_role(cell)
+        if role != "tests":
+            continue
+        outputs = cell.get("outputs", [])
+        errors = [f"{o.get('ename')}: {o.get('evalue')}" for o in outputs if o.output_type == "error"]
+        stderr = [o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stderr"]
+        if errors or stderr:
+            failures[grade_id] = "\n".join(errors + stderr)
+    return failures
+
+
 __all__ = ["Lab", "REPO", "SOLUTIONS", "LABS", "discover", "find"]
