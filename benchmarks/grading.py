@@ -6,8 +6,10 @@ A class of synthetic lab-1 submissions (the honest solution with 0, 1, 2, ... of
 solution cells put back to the release's stub, in turn, so scores and run times vary)
 is graded in one throw-away course: first by plain serial `nbgrader autograde`, then by
 `dlcloud_course.grader` with each number of workers. The overhead per submission is
-the sandbox's wall time minus the time the runner spent executing the cells (container
-create, start, stdin, interpreter start, integrity checks, stop and removal).
+the sandbox's wall time minus the time the worker spent executing the cells (container
+create, start, stdin, the supervisor and the worker's interpreters, integrity checks,
+signing, stop and removal). The load average is printed before and after: on a shared
+machine it says more about the figures than the number of cores.
 Needs a Docker Engine; builds the local base and the grading image if missing.
 """
 
@@ -88,6 +90,10 @@ def time_secure(course: Path, workers: int, client, image: str) -> tuple[float, 
     return time.perf_counter() - started, graded
 
 
+def _load() -> str:
+    return " ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--submissions", type=int, default=50)
@@ -98,6 +104,7 @@ def main() -> int:
     from dlcloud import docker_engine
     from dlcloud_course.grader.image import build_grading_image
 
+    load_before = _load()
     client = docker_engine.connect()
     base = os.environ.get("DLCLOUD_BASE_IMAGE") or docker_engine.build_local_base_image(client=client)
     image = build_grading_image(client, base=base)
@@ -115,7 +122,8 @@ def main() -> int:
             rows.append(("secure grader", workers, wall,
                          statistics.mean(overheads) if overheads else None,
                          statistics.mean(checks) if checks else None))
-    print(f"{args.submissions} synthetic {LAB} submissions, {os.cpu_count()} CPUs")
+    print(f"{args.submissions} synthetic {LAB} submissions, {os.cpu_count()} CPUs, "
+          f"load average {load_before} before, {_load()} after")
     print(f"{'grader':<30}{'workers':>8}{'wall s':>10}{'subm/min':>10}{'overhead s':>12}{'checks s':>10}")
     for name, workers, wall, overhead, checks in rows:
         per_minute = args.submissions / wall * 60

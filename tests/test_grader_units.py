@@ -181,9 +181,9 @@ def test_process_policy_allows_only_named_programs_from_the_image():
     from dlcloud_course.grader.runner import _process_allowed
 
     policy = (frozenset({"kubectl"}), False, True)
-    wheel = ("/opt/venv/lib/python3.11/site-packages/kubectl/bin/kubectl", ("kubectl", "kustomize"), None, None)
+    wheel = (sys.prefix + "/lib/python3.11/site-packages/kubectl/bin/kubectl", ("kubectl", "kustomize"), None, None)
     assert _process_allowed("subprocess.Popen", wheel, policy), "kubectl from its wheel, in the image"
-    assert not _process_allowed("subprocess.Popen", ("/opt/venv/bin/python", ("python",), None, None), policy), (
+    assert not _process_allowed("subprocess.Popen", (sys.prefix + "/bin/python", ("python",), None, None), policy), (
         "a program the lab does not name must be refused")
     assert _process_allowed("subprocess.Popen", (None, ("kubectl", "version"), None, None), policy), (
         "a bare name found on PATH is the named program")

@@ -72,9 +72,11 @@ RUN /opt/venv/bin/python -I /tmp/check_lock.py /tmp/requirements.lock \\
  && rm /tmp/requirements.lock /tmp/check_lock.py
 COPY site-packages/ /opt/venv/lib/python3.11/site-packages/
 COPY runner.py {RUNNER_PATH}
+# The sandbox mounts a tmpfs of the student's uid over the home; the folder must exist.
 RUN (id -u {SANDBOX_UID} >/dev/null 2>&1 || useradd --uid {SANDBOX_UID} --create-home \\
       --home-dir /home/student student) \\
- && mkdir -p /home/student && chmod -R a-w /opt/grader
+ && install -d -o {SANDBOX_UID} -g {SANDBOX_UID} -m 0755 /home/student \\
+ && chmod -R a-w /opt/grader
 USER {SANDBOX_UID}
 WORKDIR /home/student
 ENTRYPOINT []

