@@ -166,7 +166,7 @@ def test_lab_policies_follow_their_manifests(tmp_path):
 
     lab1, lab3, lab5 = (lab_policy(tmp_path, name) for name in
                         ("lab1-bpaas", "lab3-kubernetes", "lab5-spark-tensorflow"))
-    assert lab1.sandboxed and not lab1.for_runner()["programs"] and lab1.limits.pids == PIDS_WITHOUT, (
+    assert lab1.sandboxed and not lab1.for_runner()["processes"] and lab1.limits.pids == PIDS_WITHOUT, (
         f"lab 1 needs nothing: no program, no fork, the small pids limit; got {lab1}")
     assert "kubectl" in lab3.programs, f"lab 3 (optional cluster) runs kubectl kustomize: {lab3}"
     assert "spark-submit" in lab5.programs, f"lab 5 (needs java) starts spark-submit: {lab5}"

