@@ -238,3 +238,23 @@ def test_runner_flags_a_cell_past_its_time_limit():
     assert timeouts and "write-double" in timeouts[0]["detail"], (
         f"a cell past its limit must be flagged cell-timeout with its id: {records}")
     assert not any(r.get("kind") == "verdict" for r in records), "no verdict after the time limit"
+
+
+def test_runner_runs_top_level_await_in_one_loop_per_notebook():
+    """Lab 7's cells await at top level, as IPython allows; a task started in one cell lives on."""
+    cells = [InstructorCell("locked", "setup", "import asyncio\n", "import asyncio\n"),
+             InstructorCell("solution", "write-double",
+                            "async def double_later(x):\n    await asyncio.sleep(0)\n    return 2 * x\n"
+                            "task = asyncio.get_event_loop().create_task(double_later(2))\n"
+                            "def double(x):\n    return 2 * x\n", "raise NotImplementedError()\n"),
+             InstructorCell("test", "double-works", "assert await task == 4, 'the task of the '"
+                            "'previous cell must finish in the same loop'\n", "", 2.0)]
+    submission = {"cells": [_cell("setup", "import asyncio\n", locked=True),
+                            _cell("write-double", cells[1].source, solution=True)]}
+    plan = planmod.build_plan(cells, submission)
+    key = secrets.token_bytes(32)
+    stdin = key.hex().encode() + b"\n" + json.dumps({"cells": plan.cells}).encode()
+    result = subprocess.run([sys.executable, "-I", str(RUNNER)], input=stdin, capture_output=True,
+                            timeout=120, check=False)
+    records, _ = verdict.verified_records(result.stdout, key)
+    assert _status(records) == "pass", f"top-level await must run in the notebook's loop: {records}"

@@ -208,26 +208,29 @@ def _build_full_lock(client, environment: str, labels: dict[str, str] | None) ->
     return tag
 
 
-GRADER_TAG = re.compile(r"^dlcloud/grader:[0-9a-f]{12}$")
+GRADER_REPOSITORY = "dlcloud/grader"
 
 
-def prune_grading_images(client, keep: int = 3, also_keep: tuple[str, ...] = ()) -> list[str]:
-    """Remove all but the newest ``keep`` ``dlcloud/grader:<digest>`` tags; return those removed.
+def prune_grading_images(client, keep: int = 3, also_keep: tuple[str, ...] = (),
+                         repository: str = GRADER_REPOSITORY) -> list[str]:
+    """Remove all but the newest ``keep`` ``<repository>:<digest>`` tags; return those removed.
 
-    Only tags of exactly that form, on images this module labelled, are touched; an image
-    that also carries another name keeps it (removing a tag of a multi-tag image only
-    untags it), and an image a container still uses is left (no ``force``).
+    Only tags of exactly that form (12 hex digits, as :func:`image_tag` makes them), on
+    images this module labelled, are touched; an image that also carries another name
+    keeps it (removing one tag of a multi-tag image only untags it), and an image a
+    container still uses is left (no ``force``).
     """
+    ours_only = re.compile("^" + re.escape(repository) + ":[0-9a-f]{12}$")
     ours = []
     for image in client.images.list(filters={"label": GRADER_LABEL}):
         for tag in image.tags:
-            if GRADER_TAG.match(tag) and tag not in also_keep:
+            if ours_only.match(tag) and tag not in also_keep:
                 ours.append((image.attrs.get("Created", ""), tag))
     ours.sort(reverse=True)
     removed = []
     for _, tag in ours[max(0, keep - len(also_keep)):]:
         try:
-            client.images.remove(tag, noprune=False)
+            client.images.remove(tag)
         except docker.errors.APIError:
             continue  # in use by a container, or already gone
         removed.append(tag)

@@ -38,9 +38,11 @@ PROGRAMS_OF_NEED = {
 #: ``[grading] programs`` (then this entry goes).
 #: Lab 7 compiles its .proto with ``python -m grpc_tools.protoc`` in a fresh interpreter.
 UNDECLARED_PROGRAMS = {"lab3-kubernetes": ("kubernetes-validate",), "lab7-grpc-serving": ("python",)}
-#: Started by libraries at import in any lab (``platform.processor()`` runs ``uname -p``):
-#: harmless, and not a reason to expect processes left after the run.
-EVERY_LAB_PROGRAMS = ("uname",)
+#: Started by libraries in any lab: ``platform.processor()`` runs ``uname -p``, and
+#: ``ctypes.util.find_library`` asks ``ldconfig -p``, then ``gcc`` and ``ld`` (lab 7's
+#: REST baseline). Harmless (what gcc could build lands on a noexec tmpfs), and not a
+#: reason to expect processes left after the run.
+EVERY_LAB_PROGRAMS = ("uname", "ldconfig", "gcc", "ld")
 #: Needs that no sandbox of ours can grant without giving the student a way out.
 NOT_SANDBOXED = {
     "docker": "a Docker Engine in the sandbox is privileged (Docker-in-Docker) and the host's "

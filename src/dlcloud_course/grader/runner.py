@@ -88,7 +88,8 @@ REFUSED_EVENTS = types.MappingProxyType({
 #: program's base name must be one the lab names, and live in the image, not in a tmpfs.
 SPAWN_EVENTS = frozenset({"subprocess.Popen", "os.posix_spawn", "os.exec", "os.spawn"})
 SIGNAL_EVENTS = frozenset({"os.kill", "os.killpg"})
-PROGRAM_DIRS = (sys.prefix + "/", "/usr/bin/", "/bin/", "/usr/lib/jvm/", "/usr/local/bin/")
+PROGRAM_DIRS = (sys.prefix + "/", "/usr/bin/", "/bin/", "/usr/sbin/", "/sbin/", "/usr/lib/jvm/",
+                "/usr/local/bin/")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost", "0.0.0.0", ""})
 NETWORK_EVENTS = frozenset({"socket.connect", "socket.sendto", "socket.getaddrinfo",
                             "socket.gethostbyname", "socket.gethostbyname_ex",
