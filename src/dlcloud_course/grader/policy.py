@@ -40,9 +40,10 @@ PROGRAMS_OF_NEED = {
 UNDECLARED_PROGRAMS = {"lab3-kubernetes": ("kubernetes-validate",), "lab7-grpc-serving": ("python",)}
 #: Started by libraries in any lab: ``platform.processor()`` runs ``uname -p``, and
 #: ``ctypes.util.find_library`` asks ``ldconfig -p``, then ``gcc`` and ``ld`` (lab 7's
-#: REST baseline). Harmless (what gcc could build lands on a noexec tmpfs), and not a
+#: REST baseline), and matplotlib builds its font cache with ``fc-list`` (lab 7). Harmless
+#: (what gcc could build lands on a noexec tmpfs), and not a
 #: reason to expect processes left after the run.
-EVERY_LAB_PROGRAMS = ("uname", "ldconfig", "gcc", "ld")
+EVERY_LAB_PROGRAMS = ("uname", "ldconfig", "gcc", "ld", "fc-list")
 #: Needs that no sandbox of ours can grant without giving the student a way out.
 NOT_SANDBOXED = {
     "docker": "a Docker Engine in the sandbox is privileged (Docker-in-Docker) and the host's "
