@@ -258,3 +258,13 @@ def test_runner_runs_top_level_await_in_one_loop_per_notebook():
                             timeout=120, check=False)
     records, _ = verdict.verified_records(result.stdout, key)
     assert _status(records) == "pass", f"top-level await must run in the notebook's loop: {records}"
+
+
+def test_command_refuses_to_sandbox_lab2_and_says_why(tmp_path, capsys):
+    from dlcloud_course.grader.__main__ import main
+
+    status = main(["grade", "lab2-containers", "--course", str(tmp_path)])
+    said = capsys.readouterr().err
+    assert status == 2, f"lab 2 must be refused (exit 2), got {status}: {said}"
+    assert "Docker" in said and "NOT SANDBOXED" in said, (
+        f"the refusal must say why and name the plain path: {said}")

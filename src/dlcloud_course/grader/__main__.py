@@ -88,9 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .policy import lab_policy
 
-    client = docker_engine.connect()
     if args.command == "prune":
-        removed = grading_image.prune_grading_images(client, keep=args.keep)
+        removed = grading_image.prune_grading_images(docker_engine.connect(), keep=args.keep)
         print(f"removed {len(removed)} old grading images: {' '.join(removed) or '-'}")
         return 0
     lab = Lab.at(args.course.resolve(), args.lab)
@@ -102,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
               f"On a dedicated runner, --plain-nbgrader runs nbgrader autograde (NOT SANDBOXED).",
               file=sys.stderr)
         return 2
+    client = docker_engine.connect()
     # Lab 1 has a small image of its own (built in a minute); the others need the lock.
     small = grading_image.SMALL_IMAGES.get(lab.name)
     image = args.image or grading_image.build_grading_image(

@@ -1,36 +1,33 @@
-"""The program inside the sandbox: runs one plan, reports signed verdicts. Standard library only.
+"""The programs inside the sandbox: a supervisor that signs, a worker that runs cells. Standard library only.
 
-Run as ``python -I runner.py`` (the container's command). It reads, from standard
-input, one line with a fresh per-submission key (hex) and then the plan (JSON: the
-cells in order, each ``{"kind": "locked"|"student"|"test", "id": ..., "source": ...}``),
-and closes standard input before any student code runs: the key exists nowhere else in
-the container, not in a file, not in the environment.
+The container's command is ``python -I runner.py --split-uids``: the **supervisor**
+(:func:`supervise`). It reads, from standard input, one line with a fresh per-submission
+key (hex) and then the plan (JSON: the cells in order, each ``{"kind": "locked" |
+"student" | "test", "id": ..., "source": ...}``, the lab's limits, its process policy and
+the files it ships), closes standard input, and starts the **worker** (``runner.py
+--worker``, :func:`worker_main`) as a fresh interpreter under the student's uid; then it
+becomes another uid itself. The key never exists in the worker: not in its memory (a new
+``exec``), not in a file, not in its environment.
+
+The worker runs the cells and writes, on a pipe to the supervisor, when each cell begins
+and how it ended (a test: pass, fail or tampered). The supervisor never runs student or
+test code: it times each cell, accepts exactly the records the plan allows in their
+order (anything else voids the run: ``forged-outcome``), counts leftover processes, and
+signs what it accepted. Why this split, and what it cannot see, is in docs/grading.md.
 
 Why no Jupyter kernel: IPython gives student code input and AST transformers,
 ``run_cell``, ``showtraceback``, display hooks and a reply status to rewrite, and
-nbgrader turns outputs into partial credit. Here a cell is ``exec`` of code compiled
-before any student code ran, a test passes only when that ``exec`` returns, and no
-output of any cell is read by anyone.
+nbgrader turns outputs into partial credit. Here a cell is ``exec`` (or, for top-level
+``await``, a coroutine run in the notebook's one event loop) of code compiled before
+any student code ran; a test passes only when it returns.
 
-Why a verdict cannot be forged by printing or writing to the record stream: every
-record carries an HMAC with the key, and only the audit hook holds the key (in a
-closure: the hook is reachable only through the interpreter's C-level hook list, and
-the ``gc`` and tracing calls that could reach it are refused). The hook signs a
-verdict only when the event comes from :func:`report` called by :func:`run_plan` called
-by :func:`main`, checked by the identity of the code objects on the stack, so student
-code cannot ask for a signature either. Before each verdict, :func:`integrity_problems`
-compares builtins, ``sys`` hooks, the names that instructor cells bound, and the
-functions and classes of every module imported before the first student cell with a
-snapshot: a difference turns that verdict into ``tampered`` (no points).
-
-Student code shares this interpreter, so everything the trusted functions use is bound
-when they are defined, before any student code runs: builtins, tables and helpers are
-default arguments (an immutable tuple; rewriting ``__defaults__`` or ``__code__`` of a
-runner function is an audited event, refused), never looked up in module globals that a
-student could reach through a frame and rebind.
-
-What this does not stop is written in docs/grading.md (objects that lie about ``==``,
-answers tailored to the tests): those are answers, not a breach of the runner.
+The worker keeps an audit hook as a second layer: it refuses tracing, heap walks,
+ctypes, processes the lab does not name, network beyond loopback and /proc; it writes a
+record only when :func:`report` is called by :func:`run_plan` called by
+:func:`worker_main` (code objects checked by identity); before each verdict,
+:func:`integrity_problems` compares builtins, ``sys`` hooks, what instructor cells bound
+and every module's functions and classes with a snapshot. Everything the trusted
+functions use is bound as default arguments before any student code runs.
 """
 
 import _hashlib
