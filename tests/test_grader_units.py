@@ -268,3 +268,15 @@ def test_command_refuses_to_sandbox_lab2_and_says_why(tmp_path, capsys):
     assert status == 2, f"lab 2 must be refused (exit 2), got {status}: {said}"
     assert "Docker" in said and "NOT SANDBOXED" in said, (
         f"the refusal must say why and name the plain path: {said}")
+
+
+def test_a_library_patching_a_library_is_not_tampering_but_a_cell_is():
+    """pyspark rewrites py4j.protocol.smart_decode at run time: not the student's doing."""
+    import json as library_module
+
+    from dlcloud_course.grader.runner import _library_made
+
+    assert _library_made(library_module.dumps), "a function a library's file defines is a library's patch"
+    cell_made = eval(compile("lambda *a, **k: {}", "<student:write-double>", "eval"))  # noqa: S307
+    assert not _library_made(cell_made), "a function a cell defines replacing a library's is tampering"
+    assert not _library_made(print), "a builtin put in a library function's place is tampering"

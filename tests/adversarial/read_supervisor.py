@@ -4,7 +4,7 @@
 # environment, its open files, or anything its uid owns.
 import os
 parent = os.getppid()
-for path in (f"/proc/{parent}/mem", f"/proc/{parent}/environ", f"/proc/{parent}/cmdline",
+for path in (f"/proc/{parent}/mem", f"/proc/{parent}/environ",
              f"/proc/{parent}/fd/0", f"/proc/{parent}/maps", "/proc/1/environ"):
     try:
         with open(path, "rb") as handle:

@@ -98,7 +98,15 @@ PROC_INTERNALS = frozenset({"mem", "environ", "maps", "smaps", "pagemap", "map_f
                             "syscall", "stack", "kcore", "kmem"})
 #: The only files under /proc that may be opened: what libraries read about resources.
 PROC_READABLE = frozenset({"stat", "status", "statm", "cgroup", "cpuinfo", "meminfo",
-                           "loadavg", "uptime", "mounts", "mountinfo", "cpuset", "limits"})
+                           "loadavg", "uptime", "mounts", "mountinfo", "cpuset", "limits",
+                           "smaps_rollup", "cmdline"})
+#: What psutil reads about other processes (pid 1's start time, a child's command line,
+#: memory totals): no memory contents, no environment, no open files; the supervisor's
+#: command line has no key in it.
+PROC_READABLE_OF_OTHERS = frozenset({"stat", "status", "statm", "smaps_rollup", "cmdline"})
+#: Where a replacement function must come from to be a library's own patch, not tampering
+#: (pyspark rewrites py4j's smart_decode, typing_extensions parts of typing, at run time).
+LIBRARY_PREFIXES = tuple({sys.prefix + "/", sys.base_prefix + "/"})
 SYS_HOOKS = ("excepthook", "displayhook", "breakpointhook", "unraisablehook")
 RUNNER_FILE = __file__
 _BEHAVIOUR_TYPES = (classmethod, staticmethod, property)
@@ -228,7 +236,7 @@ def _refusal(event, args, _refused=REFUSED_EVENTS, _network=NETWORK_EVENTS, _hos
              _is_loopback=_is_loopback, _short=_short, _type=type, _str=str,
              _bytes=bytes, _int=int, _len=len, _fsdecode=_decoded, _getpid=os.getpid,
              _internals=PROC_INTERNALS, _readable=PROC_READABLE, _getcwd=os.getcwd,
-             _cells=CELL_FILENAME_PREFIXES):
+             _cells=CELL_FILENAME_PREFIXES, _others_readable=PROC_READABLE_OF_OTHERS):
     """Why ``event`` is refused, or None (a function of the event and the working folder)."""
     if event in _refused:
         return _refused[event]
@@ -248,7 +256,8 @@ def _refusal(event, args, _refused=REFUSED_EVENTS, _network=NETWORK_EVENTS, _hos
         if absolute == "/proc" or absolute.startswith("/proc/"):
             if event != "open" or parts[-1] not in _readable:
                 return "reaching into /proc (" + _short(path) + ")"
-            if _len(parts) > 2 and parts[2].isdigit() and _int(parts[2]) != _getpid():
+            if _len(parts) > 2 and parts[2].isdigit() and _int(parts[2]) != _getpid() \
+                    and parts[-1] not in _others_readable:
                 return "another process's files (" + _short(path) + ")"
     if (event == "compile" and _len(args) > 1 and _type(args[1]) is _str
             and args[1].startswith(_cells)):
@@ -320,6 +329,7 @@ def install_guard(record_fd: int, trusted_stack: tuple, policy: tuple = ((), Fal
     # "busy" is per thread: a flag shared by all threads would let one thread keep the
     # hook "busy" while another makes a refused call.
     state = {"seq": 0, "flags": 0, "busy": set()}
+    emitting = _thread.allocate_lock()
     getframe, write = sys._getframe, os.write
     thread_id, dump, refusal, posing = _thread.get_ident, _dump, _refusal, _posing_as_trusted
     process_allowed, process_events = _process_allowed, SPAWN_EVENTS | SIGNAL_EVENTS | {
@@ -336,16 +346,19 @@ def install_guard(record_fd: int, trusted_stack: tuple, policy: tuple = ((), Fal
     library_prefixes = tuple({sys.prefix, sys.base_prefix, os.path.dirname(RUNNER_FILE)})
 
     def emit(kind, payload):
-        if kind == "flag":
-            state["flags"] += 1
-            if state["flags"] > max_flags:
-                return  # still refused, no longer reported: a flood ends here
-        state["seq"] += 1
-        body = dump({**payload, "seq": state["seq"], "kind": kind})
-        try:
-            write(record_fd, (body + "\n").encode())
-        except os_error:
-            pass  # the student closed the record stream: every later verdict is missing
+        # One record at a time: a library's thread (Spark's, TensorFlow's) may be refused
+        # while the main thread reports; numbers must reach the pipe in their order.
+        with emitting:
+            if kind == "flag":
+                state["flags"] += 1
+                if state["flags"] > max_flags:
+                    return  # still refused, no longer reported: a flood ends here
+            state["seq"] += 1
+            body = dump({**payload, "seq": state["seq"], "kind": kind})
+            try:
+                write(record_fd, (body + "\n").encode())
+            except os_error:
+                pass  # the student closed the record pipe: every later verdict is missing
 
     def called_by_runner(frame):
         # Exactly report <- run_plan <- main <- the runner's module frame, nothing below.
@@ -463,7 +476,19 @@ def _snapshot_modules(_modules=sys.modules, _list=list, _tuple=tuple, _isinstanc
     return _tuple(snapshot)
 
 
-def _module_changes(snapshot, _modules=sys.modules, _vars=vars, _len=len) -> list:
+def _library_made(value, _type=type, _function=types.FunctionType, _str_copy=str.__str__,
+                  _prefixes=LIBRARY_PREFIXES) -> bool:
+    """A plain function whose code a library's file defines: a library patched a library.
+
+    Student code cannot make one: compiling under a library's name and building code
+    objects are refused for it. It can assign an existing library function somewhere
+    else; docs/grading.md says so.
+    """
+    return _type(value) is _function and _str_copy(value.__code__.co_filename).startswith(_prefixes)
+
+
+def _module_changes(snapshot, _modules=sys.modules, _vars=vars, _len=len,
+                    _library_made=_library_made) -> list:
     changed = []
     for name, module, namespace, entries in snapshot:
         if _modules.get(name) is not module:
@@ -471,12 +496,14 @@ def _module_changes(snapshot, _modules=sys.modules, _vars=vars, _len=len) -> lis
             continue
         get = namespace.get
         for attr, value, members in entries:
-            if get(attr) is not value:
-                changed.append(name + "." + attr + " changed")
+            now = get(attr)
+            if now is not value:
+                if not _library_made(now):
+                    changed.append(name + "." + attr + " changed")
             elif members:
                 own = _vars(value).get  # value is the snapshot's own class object
                 for member, member_value in members:
-                    if own(member) is not member_value:
+                    if own(member) is not member_value and not _library_made(own(member)):
                         changed.append(name + "." + attr + "." + member + " changed")
                         break
             if _len(changed) >= 5:
