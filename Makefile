@@ -55,10 +55,10 @@ EDITION_DIR ?= build/student-edition
 edition: venv
 	$(BIN)/python -m dlcloud_course.edition build $(EDITION_DIR) --force
 
-## grade: grade every collected submission of LAB in its own sandbox (docs/grading.md), e.g. make grade LAB=lab1-bpaas
+## grade: grade every collected submission of LAB in its own sandbox (docs/grading.md), e.g. make grade LAB=lab7-grpc-serving WORKERS=2
 grade: venv
 	@test -n "$(LAB)" || { echo "Name the lab: make grade LAB=lab1-bpaas" >&2; exit 1; }
-	$(BIN)/python -m dlcloud_course.grader grade $(LAB)
+	$(BIN)/python -m dlcloud_course.grader grade $(LAB) --workers $(or $(WORKERS),1)
 
 ## benchmark: run each lab's solution and print wall time and peak memory against the budget
 benchmark: venv

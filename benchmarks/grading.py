@@ -6,8 +6,10 @@ A class of synthetic lab-1 submissions (the honest solution with 0, 1, 2, ... of
 solution cells put back to the release's stub, in turn, so scores and run times vary)
 is graded in one throw-away course: first by plain serial `nbgrader autograde`, then by
 `dlcloud_course.grader` with each number of workers. The overhead per submission is
-the sandbox's wall time minus the time the runner spent executing the cells (container
-create, start, stdin, interpreter start, integrity checks, stop and removal).
+the sandbox's wall time minus the time the worker spent executing the cells (container
+create, start, stdin, the supervisor and the worker's interpreters, integrity checks,
+signing, stop and removal). The load average is printed before and after: on a shared
+machine it says more about the figures than the number of cores.
 Needs a Docker Engine; builds the local base and the grading image if missing.
 """
 
@@ -88,6 +90,17 @@ def time_secure(course: Path, workers: int, client, image: str) -> tuple[float, 
     return time.perf_counter() - started, graded
 
 
+def _row(name: str, workers: int, wall: float, overhead, checks, submissions: int) -> None:
+    per_minute = submissions / wall * 60
+    print(f"{name:<30}{workers:>8}{wall:>10.1f}{per_minute:>10.1f}"
+          f"{'' if overhead is None else f'{overhead:.2f}':>12}"
+          f"{'' if checks is None else f'{checks:.2f}':>10}", flush=True)
+
+
+def _load() -> str:
+    return " ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--submissions", type=int, default=50)
@@ -98,30 +111,28 @@ def main() -> int:
     from dlcloud import docker_engine
     from dlcloud_course.grader.image import build_grading_image
 
+    load_before = _load()
     client = docker_engine.connect()
     base = os.environ.get("DLCLOUD_BASE_IMAGE") or docker_engine.build_local_base_image(client=client)
     image = build_grading_image(client, base=base)
-    rows = []
+    print(f"{args.submissions} synthetic {LAB} submissions, {os.cpu_count()} CPUs, "
+          f"load average {load_before} before", flush=True)
+    print(f"{'grader':<30}{'workers':>8}{'wall s':>10}{'subm/min':>10}{'overhead s':>12}{'checks s':>10}",
+          flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-grading-") as tmp:
         course = make_course(Path(tmp))
         synthetic_class(course, args.submissions)
+        # Each row as soon as it is measured: a run cut short still says what it measured.
         if not args.skip_nbgrader:
-            wall = time_nbgrader(course)
-            rows.append(("nbgrader autograde (serial)", 1, wall, None, None))
+            _row("nbgrader autograde (serial)", 1, time_nbgrader(course), None, None, args.submissions)
         for workers in args.workers:
             wall, graded = time_secure(course, workers, client, image)
             overheads = [r.sandbox_s - r.notebook_s for r in graded if r.notebook_s]
             checks = [r.checks_s for r in graded if r.notebook_s]
-            rows.append(("secure grader", workers, wall,
-                         statistics.mean(overheads) if overheads else None,
-                         statistics.mean(checks) if checks else None))
-    print(f"{args.submissions} synthetic {LAB} submissions, {os.cpu_count()} CPUs")
-    print(f"{'grader':<30}{'workers':>8}{'wall s':>10}{'subm/min':>10}{'overhead s':>12}{'checks s':>10}")
-    for name, workers, wall, overhead, checks in rows:
-        per_minute = args.submissions / wall * 60
-        print(f"{name:<30}{workers:>8}{wall:>10.1f}{per_minute:>10.1f}"
-              f"{'' if overhead is None else f'{overhead:.2f}':>12}"
-              f"{'' if checks is None else f'{checks:.2f}':>10}")
+            _row("secure grader", workers, wall,
+                 statistics.mean(overheads) if overheads else None,
+                 statistics.mean(checks) if checks else None, args.submissions)
+    print(f"load average {_load()} after", flush=True)
     return 0
 
 

@@ -48,7 +48,12 @@ def test_jobs_carry_the_sandbox_limits_and_no_token(tmp_path):
         assert job["spec"]["activeDeadlineSeconds"] == 90
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
-        assert pod["securityContext"]["runAsNonRoot"] is True
+        # Root only to split uids: every capability but SETUID/SETGID dropped, and the
+        # runner's command asks for the split (runner.supervise drops both to non-root).
+        assert container["securityContext"]["capabilities"]["add"] == ["SETUID", "SETGID"], (
+            "the sandbox may add no capability beyond changing uid")
+        assert container["command"][-1] == "--split-uids", "the Job must run the supervisor split"
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
 
 
 def test_network_policy_denies_all_egress(tmp_path):

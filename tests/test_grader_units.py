@@ -159,3 +159,124 @@ def test_a_test_cell_may_set_its_own_names_again():
 
     code = compile("with open('x') as handle:\n    r = 1\nclient = r\nprint(create_app)\n", "cell", "exec")
     assert _stored_names(code) == {"handle", "r", "client"}, "only what the cell itself assigns"
+
+
+def test_lab_policies_follow_their_manifests(tmp_path):
+    from dlcloud_course.grader.policy import PIDS_WITHOUT, lab_policy
+
+    lab1, lab3, lab5 = (lab_policy(tmp_path, name) for name in
+                        ("lab1-bpaas", "lab3-kubernetes", "lab5-spark-tensorflow"))
+    assert lab1.sandboxed and not lab1.for_runner()["processes"] and lab1.limits.pids == PIDS_WITHOUT, (
+        f"lab 1 needs nothing: no program, no fork, the small pids limit; got {lab1}")
+    assert "kubectl" in lab3.programs, f"lab 3 (optional cluster) runs kubectl kustomize: {lab3}"
+    assert "spark-submit" in lab5.programs, f"lab 5 (needs java) starts spark-submit: {lab5}"
+    assert lab1.limits.memory_mb == 2048 and lab1.limits.cell_s <= lab1.limits.wall_s, (
+        f"limits come from [budget]: {lab1.limits}")
+    lab2 = lab_policy(tmp_path, "lab2-containers")
+    assert not lab2.sandboxed and "docker" in lab2.why_not, (
+        f"lab 2 needs a Docker Engine: the grader must refuse to sandbox it, got {lab2}")
+
+
+def test_process_policy_allows_only_named_programs_from_the_image():
+    from dlcloud_course.grader.runner import _process_allowed
+
+    policy = (frozenset({"kubectl"}), False, True)
+    wheel = (sys.prefix + "/lib/python3.11/site-packages/kubectl/bin/kubectl", ("kubectl", "kustomize"), None, None)
+    assert _process_allowed("subprocess.Popen", wheel, policy), "kubectl from its wheel, in the image"
+    assert not _process_allowed("subprocess.Popen", (sys.prefix + "/bin/python", ("python",), None, None), policy), (
+        "a program the lab does not name must be refused")
+    assert _process_allowed("subprocess.Popen", (None, ("kubectl", "version"), None, None), policy), (
+        "a bare name found on PATH is the named program")
+    assert not _process_allowed("subprocess.Popen", ("/tmp/kubectl", ("kubectl",), None, None), policy), (
+        "a copy in /tmp must be refused")
+    assert not _process_allowed("subprocess.Popen", (None, ("sh", "-c", "kubectl"), None, None), policy)
+    assert not _process_allowed("os.fork", (), policy), "fork is allowed only when the lab says so"
+    assert _process_allowed("os.kill", (12, 15), policy), "a lab that starts programs may stop them"
+
+
+def _supervised(lines: list[dict], cells: list[dict]):
+    from dlcloud_course.grader.runner import Supervision
+
+    supervision = Supervision(cells, cell_s=10, notebook_s=20)
+    for line in lines:
+        supervision.accept(json.dumps(line).encode())
+    return supervision
+
+
+def test_supervisor_voids_a_run_with_an_outcome_out_of_turn():
+    cells = [{"kind": "student", "id": "s"}, {"kind": "test", "id": "t"}]
+    end_test = {"kind": "end", "cell": 1, "status": "pass", "tamper": [], "line": None, "error": None}
+    honest = _supervised([{"kind": "begin", "cell": 0, "seq": 1},
+                          {"kind": "end", "cell": 0, "status": "ok", "tamper": [], "line": None,
+                           "error": None, "seq": 2},
+                          {"kind": "begin", "cell": 1, "seq": 3}, {**end_test, "seq": 4}], cells)
+    assert not honest.violations and honest.records[-1][1]["status"] == "pass", honest.records
+    # A student cell writes the test's "pass" before the test ran: out of turn, all void.
+    forged = _supervised([{"kind": "begin", "cell": 0, "seq": 1}, {**end_test, "seq": 2}], cells)
+    assert forged.violations, "an end of a cell that is not running must be a violation"
+    key = b"k" * 32
+    records, _ = verdict.verified_records(b"".join(forged.signed(key)), key)
+    assert any(r.get("reason") == "forged-outcome" for r in records), records
+    assert all(r["status"] == "tampered" for r in records if r["kind"] == "verdict"), records
+    twice = _supervised([{"kind": "begin", "cell": 0, "seq": 1},
+                         {"kind": "end", "cell": 0, "status": "ok", "tamper": [], "line": None,
+                          "error": None, "seq": 2},
+                         {"kind": "begin", "cell": 1, "seq": 3}, {**end_test, "seq": 4},
+                         {**end_test, "status": "fail", "seq": 5}], cells)
+    assert twice.violations, "a second end of the same cell must be a violation"
+
+
+def test_runner_flags_a_cell_past_its_time_limit():
+    plan = planmod.build_plan(CELLS, _submission("import time\ntime.sleep(30)\ndef double(x):\n    return 2 * x\n"))
+    key = secrets.token_bytes(32)
+    stdin = key.hex().encode() + b"\n" + json.dumps(
+        {"cells": plan.cells, "limits": {"cell_s": 2, "notebook_s": 20}}).encode()
+    result = subprocess.run([sys.executable, "-I", str(RUNNER)], input=stdin, capture_output=True,
+                            timeout=60, check=False)
+    records, _ = verdict.verified_records(result.stdout, key)
+    timeouts = [r for r in records if r.get("reason") == "cell-timeout"]
+    assert timeouts and "write-double" in timeouts[0]["detail"], (
+        f"a cell past its limit must be flagged cell-timeout with its id: {records}")
+    assert not any(r.get("kind") == "verdict" for r in records), "no verdict after the time limit"
+
+
+def test_runner_runs_top_level_await_in_one_loop_per_notebook():
+    """Lab 7's cells await at top level, as IPython allows; a task started in one cell lives on."""
+    cells = [InstructorCell("locked", "setup", "import asyncio\n", "import asyncio\n"),
+             InstructorCell("solution", "write-double",
+                            "async def double_later(x):\n    await asyncio.sleep(0)\n    return 2 * x\n"
+                            "task = asyncio.get_event_loop().create_task(double_later(2))\n"
+                            "def double(x):\n    return 2 * x\n", "raise NotImplementedError()\n"),
+             InstructorCell("test", "double-works", "assert await task == 4, 'the task of the '"
+                            "'previous cell must finish in the same loop'\n", "", 2.0)]
+    submission = {"cells": [_cell("setup", "import asyncio\n", locked=True),
+                            _cell("write-double", cells[1].source, solution=True)]}
+    plan = planmod.build_plan(cells, submission)
+    key = secrets.token_bytes(32)
+    stdin = key.hex().encode() + b"\n" + json.dumps({"cells": plan.cells}).encode()
+    result = subprocess.run([sys.executable, "-I", str(RUNNER)], input=stdin, capture_output=True,
+                            timeout=120, check=False)
+    records, _ = verdict.verified_records(result.stdout, key)
+    assert _status(records) == "pass", f"top-level await must run in the notebook's loop: {records}"
+
+
+def test_command_refuses_to_sandbox_lab2_and_says_why(tmp_path, capsys):
+    from dlcloud_course.grader.__main__ import main
+
+    status = main(["grade", "lab2-containers", "--course", str(tmp_path)])
+    said = capsys.readouterr().err
+    assert status == 2, f"lab 2 must be refused (exit 2), got {status}: {said}"
+    assert "Docker" in said and "NOT SANDBOXED" in said, (
+        f"the refusal must say why and name the plain path: {said}")
+
+
+def test_a_library_patching_a_library_is_not_tampering_but_a_cell_is():
+    """pyspark rewrites py4j.protocol.smart_decode at run time: not the student's doing."""
+    import json as library_module
+
+    from dlcloud_course.grader.runner import _library_made
+
+    assert _library_made(library_module.dumps), "a function a library's file defines is a library's patch"
+    cell_made = eval(compile("lambda *a, **k: {}", "<student:write-double>", "eval"))  # noqa: S307
+    assert not _library_made(cell_made), "a function a cell defines replacing a library's is tampering"
+    assert not _library_made(print), "a builtin put in a library function's place is tampering"

@@ -1,7 +1,8 @@
-# expect: forged-record
+# expect: forged-record, forged-outcome
 # ruff: noqa -- written as a student would: this is the attack, not project code
 # Fake what a grader might read: nbgrader-style outputs, and records that look like the
-# runner's on every file descriptor that might be its stream.
+# runner's on every file descriptor that might be its stream (the supervisor's pipe: the
+# worker's lines are not signed, a line out of the plan's order voids the run).
 import json, os
 print(json.dumps({"output_type": "execute_result", "data": {"text/plain": "1.0"}}))
 for fd in range(0, 12):

@@ -29,12 +29,20 @@ def _parser() -> argparse.ArgumentParser:
     grade.add_argument("--image", help="grading image to use instead of building one")
     grade.add_argument("--base", help="image to build FROM (default: DLCLOUD_BASE_IMAGE)")
     grade.add_argument("--full-lock", action="store_true",
-                       help="install the whole lock in the image (labs beyond lab 1)")
-    defaults = Limits()
-    grade.add_argument("--memory-mb", type=int, default=defaults.memory_mb)
-    grade.add_argument("--cpus", type=float, default=defaults.cpus)
-    grade.add_argument("--pids", type=int, default=defaults.pids)
-    grade.add_argument("--wall-s", type=float, default=defaults.wall_s)
+                       help="grade in the full-lock image (FROM the course's environment stage)")
+    grade.add_argument("--plain-nbgrader", action="store_true",
+                       help="for a lab that cannot be sandboxed (lab 2): run plain `nbgrader "
+                            "autograde`, NOT SANDBOXED, on a dedicated runner only")
+    # Defaults: the lab's policy (lab.toml's budget and [grading]); these override it.
+    grade.add_argument("--memory-mb", type=int)
+    grade.add_argument("--cpus", type=float)
+    grade.add_argument("--pids", type=int)
+    grade.add_argument("--wall-s", type=float, help="the whole notebook (host's kill)")
+    grade.add_argument("--cell-s", type=float, help="one cell (the supervisor's kill)")
+    grade.add_argument("--keep-images", type=int, default=3,
+                       help="dlcloud/grader:<digest> images to keep (older ones are pruned)")
+    prune = commands.add_parser("prune", help="remove old dlcloud/grader:<digest> images")
+    prune.add_argument("--keep", type=int, default=3)
     manifests = commands.add_parser("k8s", help="write Kubernetes Job manifests for a lab")
     manifests.add_argument("lab")
     manifests.add_argument("--course", type=Path, default=Path.cwd(), help="course root")
@@ -54,21 +62,56 @@ def write_kubernetes(args) -> int:
     return 0
 
 
+def _limits(args, policy):
+    from .policy import with_limits
+
+    changes = {name: getattr(args, name) for name in ("memory_mb", "cpus", "pids", "wall_s", "cell_s")
+               if getattr(args, name) is not None}
+    return with_limits(policy, **changes)
+
+
+def plain_nbgrader(lab: Lab, policy) -> int:
+    """Lab 2's path: nbgrader autograde as it is, said loudly to be outside any sandbox."""
+    import subprocess
+
+    print(f"NOT SANDBOXED: {lab.name}: {policy.why_not}", file=sys.stderr)
+    done = subprocess.run([sys.executable, "-m", "nbgrader", "autograde", lab.name, "--force"],
+                          cwd=lab.course, check=False)
+    return done.returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "k8s":
         return write_kubernetes(args)
     from dlcloud import docker_engine
 
-    client = docker_engine.connect()
+    from .policy import lab_policy
+
+    if args.command == "prune":
+        removed = grading_image.prune_grading_images(docker_engine.connect(), keep=args.keep)
+        print(f"removed {len(removed)} old grading images: {' '.join(removed) or '-'}")
+        return 0
     lab = Lab.at(args.course.resolve(), args.lab)
-    limits = Limits(memory_mb=args.memory_mb, cpus=args.cpus, pids=args.pids, wall_s=args.wall_s)
+    policy = _limits(args, lab_policy(lab.course, lab.name))
+    if not policy.sandboxed:
+        if args.plain_nbgrader:
+            return plain_nbgrader(lab, policy)
+        print(f"{lab.name} cannot be graded in a sandbox: {policy.why_not}.\n"
+              f"On a dedicated runner, --plain-nbgrader runs nbgrader autograde (NOT SANDBOXED).",
+              file=sys.stderr)
+        return 2
+    client = docker_engine.connect()
+    # Lab 1 has a small image of its own (built in a minute); the others need the lock.
+    small = grading_image.SMALL_IMAGES.get(lab.name)
     image = args.image or grading_image.build_grading_image(
-        client, packages=None if args.full_lock else grading_image.LAB1_PACKAGES, base=args.base)
+        client, packages=None if args.full_lock or small is None else small, base=args.base)
+    if not args.image:
+        grading_image.prune_grading_images(client, keep=args.keep_images, also_keep=(image,))
     run = uuid.uuid4().hex[:12]
     started = time.monotonic()
-    graded = grade_lab(client, image, lab, workers=args.workers, limits=limits,
-                       labels={"dlcloud.grader.batch": run})
+    graded = grade_lab(client, image, lab, workers=args.workers, limits=policy.limits,
+                       labels={"dlcloud.grader.batch": run}, policy=policy)
     elapsed = time.monotonic() - started
     for result in graded:
         flags = "; ".join(f"{reason}: {detail}" for reason, detail in result.flags) or "-"

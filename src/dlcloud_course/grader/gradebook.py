@@ -11,6 +11,7 @@ Everything here runs on the host and never executes a submission.
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import html
@@ -34,6 +35,7 @@ from .sandbox import Limits, run_in_sandbox
 from .verdict import TestResult, finished, score, verified_records
 
 MAX_FEEDBACK_BYTES = 512 * 1024
+MAX_SHIPPED_BYTES = 4 * 1024 * 1024
 #: Where nbgrader's source of a lab may be: the notebook `make labs` renders, or (older
 #: layout) the authored notebook or its jupytext text in solutions/.
 SOURCE_FOLDERS = ("build/source", "solutions")
@@ -43,6 +45,10 @@ HTML_HEAD = (
     "<style>pre{background:#f6f6f6;padding:.5em}.message{background:#fff3cd}</style>"
     "</head><body>"
 )
+
+
+class NotSandboxable(RuntimeError):
+    """The lab needs something no sandbox grants (lab 2's Docker Engine)."""
 
 
 @dataclass
@@ -96,6 +102,22 @@ class Lab:
     def release_notebook(self) -> dict:
         return read_notebook(self._notebook("labs"))
 
+    def shipped_files(self) -> dict[str, str]:
+        """The release's other files (manifests, a .proto: what students get next to the
+        notebook), base64 by relative path; they travel in the plan, nothing is mounted."""
+        release = self.course / "labs" / self.name
+        files, total = {}, 0
+        for path in sorted(release.rglob("*")) if release.is_dir() else []:
+            relative = path.relative_to(release)
+            if path.is_dir() or path.suffix == ".ipynb" or ".ipynb_checkpoints" in relative.parts:
+                continue
+            data = path.read_bytes()
+            total += len(data)
+            if total > MAX_SHIPPED_BYTES:
+                raise RuntimeError(f"{release}: more than {MAX_SHIPPED_BYTES} bytes of files to ship")
+            files[relative.as_posix()] = base64.b64encode(data).decode()
+        return files
+
     def students(self) -> list[str]:
         submitted = self.grading_dir / "submitted"
         return sorted(p.name for p in submitted.iterdir() if (p / self.name).is_dir()) \
@@ -133,13 +155,15 @@ def prepare(lab: Lab, cells: list[InstructorCell], student: str) -> Prepared:
     return Prepared(student, plan, problem, digest, started)
 
 
-def sandbox_of(client, image: str, prepared: Prepared, limits: Limits, labels: dict[str, str]):
+def sandbox_of(client, image: str, prepared: Prepared, limits: Limits, labels: dict[str, str],
+               policy: dict | None = None, files: dict[str, str] | None = None):
     """The only step that runs in a worker thread: one container, one fresh key."""
     if prepared.plan is None:
         return None, b""
     key = secrets.token_bytes(32)
     labels = {**labels, "dlcloud.grader.student": _label_safe(prepared.student)}
-    return run_in_sandbox(client, image, prepared.plan.cells, key, limits, labels=labels), key
+    return run_in_sandbox(client, image, prepared.plan.cells, key, limits, labels=labels,
+                          policy=policy, files=files), key
 
 
 def conclude(cells: list[InstructorCell], prepared: Prepared, sandbox, key: bytes) -> StudentResult:
@@ -178,15 +202,26 @@ def _label_safe(text: str) -> str:
 
 
 def grade_lab(client, image: str, lab: Lab, workers: int = 1, limits: Limits | None = None,
-              labels: dict[str, str] | None = None) -> list[StudentResult]:
-    """Grade every collected submission of ``lab`` with ``workers`` sandboxes at a time."""
-    limits = limits or Limits()
+              labels: dict[str, str] | None = None, policy=None) -> list[StudentResult]:
+    """Grade every collected submission of ``lab`` with ``workers`` sandboxes at a time.
+
+    ``policy`` (a :class:`.policy.LabPolicy`) defaults to the lab's own, from its
+    lab.toml; ``limits`` overrides the policy's limits.
+    """
+    from .policy import lab_policy
+
+    policy = policy or lab_policy(lab.course, lab.name)
+    if not policy.sandboxed:
+        raise NotSandboxable(f"{lab.name} is not graded in a sandbox: {policy.why_not}")
+    limits = limits or policy.limits
     cells = lab.cells()
     students = lab.students()
     labels = {"dlcloud.grader.lab": lab.name, **(labels or {})}
+    files = lab.shipped_files()
     prepared = [prepare(lab, cells, student) for student in students]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        ran = list(pool.map(lambda p: sandbox_of(client, image, p, limits, labels), prepared))
+        ran = list(pool.map(lambda p: sandbox_of(client, image, p, limits, labels,
+                                                 policy.for_runner(), files), prepared))
     graded = [conclude(cells, p, sandbox, key) for p, (sandbox, key) in zip(prepared, ran)]
     release = lab.release_notebook()
     source = read_notebook(lab.source_path())

