@@ -417,7 +417,7 @@ print("The payout rates use only the outcomes known at the quote.")
 #
 # The pieces join on `flight_id` into one row per quote: the `FEATURES` as 32-bit floats
 # (the model's input type), the label and the month. The table is written as Parquet, one
-# folder per month (`month=1/`, `month=2/`, ...), so that a reader of a few months skips
+# folder per month (`partition_month=1/`, `partition_month=2/`, ...), so that a reader of a few months skips
 # the others without opening them (*partition pruning*).
 #
 # The split is the course's, by time (`dlcloud.features`): fit on January to August,

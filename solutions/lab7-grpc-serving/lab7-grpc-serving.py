@@ -624,7 +624,7 @@ print(f"batching OK: 32 callers -> {batcher.batches_run} batches, mean {batcher.
 #
 # **Bounded work per request.** A `TensorProto` *declares* its shape and *carries* its
 # values separately (`tensor_content` as raw little-endian bytes, or the repeated
-# `float_val`). A 45-byte request can declare a shape of `[5000000, 6]` and carry no
+# `float_val`). A 45-byte request can declare a shape of `[5000000, 12]` and carry no
 # values at all; `tf.make_ndarray` would then allocate and zero-fill 240 MB, and the
 # model would compute 5 million rows while every other caller waits. TensorFlow's own
 # converter even pads short content with its last value. So a server that faces the
