@@ -10,14 +10,14 @@ Registered in tests/conftest.py with ``pytest_plugins = ["docker_support"]``.
   Python 3.11 base image with debootstrap and exports ``DLCLOUD_BASE_IMAGE`` for the
   rest of the session, so that labs build without any registry.
 - ``docker_labels`` (function): labels to put on every container and image a test
-  creates; whatever carries them is removed after the test, even when it fails.
+  creates; whatever carries them is removed after the test, even when it fails, and so
+  are the untagged stage images that the test's builds through ``docker_client`` made.
   Everything labelled ``dlcloud.test=1`` is removed again at the end of the session.
 """
 
 from __future__ import annotations
 
 import os
-import time
 import uuid
 
 import pytest
@@ -73,9 +73,10 @@ def local_base_image(docker_client) -> str:
 
 @pytest.fixture
 def docker_labels(docker_client) -> dict[str, str]:
-    from dlcloud.docker_engine import remove_labelled
+    from dlcloud.docker_engine import record_builds, remove_labelled, stop_recording
 
     run = uuid.uuid4().hex[:12]
-    started = time.time()
+    built = record_builds(docker_client)  # the untagged stage images of this test's builds
     yield {TEST_LABEL: "1", f"{TEST_LABEL}.run": run}
-    remove_labelled(docker_client, f"{TEST_LABEL}.run={run}", dangling_since=started)
+    stop_recording(docker_client, built)
+    remove_labelled(docker_client, f"{TEST_LABEL}.run={run}", also_remove=built)

@@ -74,8 +74,13 @@
 # files the engine may `COPY` into images, so that nothing you generate ends up next to
 # your notebook. Like many real projects, the service's folder holds a `.env` file with a
 # developer's API key (`app/.env`, a fake key written afresh for each run): the service
-# never reads it, and it must never reach the image. Every container and image the lab creates carries two **labels**,
-# `dlcloud.lab` and `dlcloud.run`, so that the cleanup can find them all.
+# never reads it, and it must never reach the image. Every container, volume and image the
+# lab creates carries two **labels**, `dlcloud.lab` and `dlcloud.run`, so that the cleanup
+# can find them, with one exception: the builder labels only the final image of a build,
+# and the last image of an earlier stage (the builder stage of section 2) stays behind
+# untagged and unlabelled. So the setup also has the client note, from each build's log,
+# the images your builds create, and the cleanup removes those too: on an engine that other
+# students or builds share, it must remove nothing that they built.
 
 # %% given="setup"
 import atexit
@@ -103,7 +108,6 @@ from dlcloud.docker_engine import DockerUnavailable
 LAB_DIR = Path.cwd()
 RUN_ID = uuid.uuid4().hex[:8]
 LABELS = {"dlcloud.lab": "lab2-containers", "dlcloud.run": RUN_ID}
-LAB_STARTED = time.time()
 BASE_IMAGE = docker_engine.base_image()
 HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
 FLIGHTS_FILE = data.table_path("flights")  # on this machine; mounted into the container
@@ -132,8 +136,12 @@ times = {}  # build name -> seconds
 NO_ENGINE = ("This check needs a Docker Engine and none answers here (Binder has none), so it did "
              "not test your code: run the lab on the course hub, or on a machine with Docker (see "
              "the note at the top of this notebook).")
+BUILT = set()  # the ids of the images this run's builds create: see clean_up
 try:
     client = docker_engine.connect()
+    # From now on the client notes, from each build's log, the images the build creates;
+    # the cleanup removes those (and what carries this run's labels), and nothing else.
+    BUILT = docker_engine.record_builds(client)
     # The architecture of the machine that runs the engine, which builds and runs the image.
     ENGINE_ARCH = client.version()["Arch"]
     print("Docker Engine", client.version()["Version"], "on", ENGINE_ARCH, "| base image:", BASE_IMAGE)
@@ -147,8 +155,9 @@ def clean_up() -> dict:
     """Remove every container, image and volume of this run, and the temporary build folder."""
     removed = {}
     if client is not None:
-        removed = docker_engine.remove_labelled(
-            client, f"dlcloud.run={RUN_ID}", dangling_since=LAB_STARTED)
+        # Labelled images, then the untagged builder stages of this run's builds: another
+        # user's images, or those of a build in progress elsewhere, are not touched.
+        removed = docker_engine.remove_labelled(client, f"dlcloud.run={RUN_ID}", also_remove=BUILT)
         removed["volumes"] = []
         for volume in client.volumes.list(filters={"label": f"dlcloud.run={RUN_ID}"}):
             try:  # after the containers: a volume in use cannot be removed
@@ -1047,9 +1056,10 @@ assert any(f["secret"] == deploy_key and f["location"].endswith("deploy.env") fo
 # ## 8. Clean up
 #
 # The last cell removes every container, image and volume this run created (everything
-# labelled with this run's `dlcloud.run`, plus the untagged images of builder stages) and
-# the temporary build folder. It runs even if cells above failed; `atexit` runs it again when
-# the kernel stops. The base image stays: it is shared by all runs.
+# labelled with this run's `dlcloud.run`, plus the untagged images of the builder stages
+# that this run's builds created) and the temporary build folder. It runs even if cells
+# above failed; `atexit` runs it again when the kernel stops. The base image stays, as it is
+# shared by all runs, and so does every image that someone else built on the same engine.
 
 # %% given="cleanup"
 removed = clean_up()

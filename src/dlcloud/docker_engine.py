@@ -11,25 +11,31 @@ module only hides what differs between the places where the course runs:
   ``debootstrap`` and ``docker import``, once per machine;
 - :func:`prepare_wheelhouse` downloads the exact wheels a service needs with
   ``pip download``, so that ``docker build`` never needs the network;
-- :func:`remove_labelled` removes every container and image that carries a label, so
-  that a lab or a test leaves nothing behind even when it fails half-way.
+- :func:`record_builds` notes the images a client's builds create (read from their
+  logs), and :func:`remove_labelled` removes every container and image that carries a
+  label, plus those recorded images, so that a lab or a test leaves nothing behind even
+  when it fails half-way, and removes nothing that someone else built.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import docker
 import docker.errors
 
 __all__ = ["DockerUnavailable", "connect", "base_image", "build_local_base_image", "prepare_wheelhouse",
-           "remove_labelled"]
+           "images_created", "record_builds", "stop_recording", "remove_labelled"]
 
 #: What students on a JupyterHub with internet access build ``FROM``. Pinned to a
 #: Python minor version and a Debian release; pin a digest for full reproducibility.
@@ -218,28 +224,134 @@ def prepare_wheelhouse(
     return dest
 
 
-def _created_at(image) -> float:
-    from datetime import datetime
+_STEP = re.compile(r"^Step \d+/\d+ : (.*)$")
+_STEP_IMAGE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 
-    text = image.attrs.get("Created", "")
-    try:  # '2026-01-02T03:04:05.123456789Z': keep microseconds, drop the zone letter
-        head, _, frac = text.rstrip("Z").partition(".")
-        return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").timestamp()
-    except ValueError:
-        return 0.0
+
+class _BuildLogReader:
+    """Reads a legacy build's messages one by one and adds the images it creates to ``created``.
+
+    The legacy builder ends each step with `` ---> <image id>``: the image the step
+    committed, or, after `` ---> Using cache``, an image that was already there (maybe
+    another build's), or, for a ``FROM`` step, the stage's starting image. Only the first
+    kind is this build's. Messages are dicts (``decode=True``) or raw JSON bytes.
+    """
+
+    def __init__(self, created: set[str]):
+        self.created = created
+        self._raw = ""  # undecoded JSON not yet complete
+        self._text = ""  # log text after the last newline
+        self._fresh = False  # does the current step commit a new image?
+
+    def feed(self, item: object) -> None:
+        if isinstance(item, dict):
+            self._message(item)
+            return
+        if isinstance(item, bytes):
+            item = item.decode("utf-8", errors="replace")
+        if not isinstance(item, str):
+            return
+        self._raw += item
+        decoder = json.JSONDecoder()
+        while self._raw.strip():
+            text = self._raw.lstrip()
+            try:
+                message, end = decoder.raw_decode(text)
+            except ValueError:  # an incomplete message: wait for the next chunk
+                self._raw = text
+                return
+            self._raw = text[end:]
+            if isinstance(message, dict):
+                self._message(message)
+        self._raw = ""
+
+    def _message(self, message: dict) -> None:
+        text = message.get("stream")
+        if not isinstance(text, str):
+            return
+        *lines, self._text = (self._text + text).split("\n")
+        for line in lines:
+            self._line(line.rstrip("\r"))
+
+    def _line(self, line: str) -> None:
+        if step := _STEP.match(line):
+            self._fresh = not step.group(1).lstrip().upper().startswith("FROM ")
+        elif line.strip() == "---> Using cache":
+            self._fresh = False
+        elif self._fresh and (image := _STEP_IMAGE.match(line)):
+            self.created.add(image.group(1))
+
+
+def images_created(messages: Iterable[object]) -> set[str]:
+    """The short ids of the images that a legacy build's log says the build committed.
+
+    ``messages`` is what ``client.api.build`` streams (dicts with ``decode=True``, else
+    chunks of JSON). Images taken from the build cache and the images that ``FROM`` steps
+    start from are not in the result: they were there before, and may be someone else's.
+    (A ``RUN`` step that itself prints a line `` ---> <hex id>`` adds that id too.)
+    """
+    created: set[str] = set()
+    reader = _BuildLogReader(created)
+    for message in messages:
+        reader.feed(message)
+    return created
+
+
+def _recording(stream: Iterator[object], readers: list[_BuildLogReader]) -> Iterator[object]:
+    for item in stream:
+        for reader in readers:
+            reader.feed(item)
+        yield item
+
+
+def record_builds(client: docker.DockerClient) -> set[str]:
+    """From now on, collect the images that builds through ``client`` commit; returns the set.
+
+    Wraps ``client.api.build`` (which ``client.images.build`` calls too): the stream it
+    returns is passed on unchanged, and read on the way by :func:`images_created`. The
+    set grows as the builds' logs are read, and lists every image the builds created,
+    among them the last image of each earlier stage of a multi-stage build, which the
+    legacy builder leaves untagged and unlabelled. Pass it to :func:`remove_labelled` as
+    ``also_remove``. Builds with ``quiet=True`` stream no log, and are not recorded.
+    :func:`stop_recording` ends the recording into one set.
+    """
+    api = client.api
+    recorders = api.__dict__.get("_dlcloud_build_recorders")
+    if recorders is None:
+        recorders = api._dlcloud_build_recorders = {}
+        build = api.build
+
+        @functools.wraps(build)
+        def recorded_build(*args, **kwargs):
+            stream = build(*args, **kwargs)
+            return _recording(stream, [_BuildLogReader(created) for created in recorders.values()])
+
+        api.build = recorded_build
+    created: set[str] = set()
+    recorders[id(created)] = created
+    return created
+
+
+def stop_recording(client: docker.DockerClient, created: set[str]) -> None:
+    """Stop adding to ``created``, a set that :func:`record_builds` returned for ``client``."""
+    client.api.__dict__.get("_dlcloud_build_recorders", {}).pop(id(created), None)
 
 
 def remove_labelled(
-    client: docker.DockerClient, label: str, dangling_since: float | None = None
+    client: docker.DockerClient, label: str, also_remove: Iterable[str] = ()
 ) -> dict[str, list[str]]:
     """Remove every container, then every image, that carries ``label`` (``key`` or ``key=value``).
 
     The legacy builder puts ``docker build --label`` only on the final image; the last
     image of every other stage of a multi-stage build stays behind untagged
-    ("dangling"). With ``dangling_since`` (a ``time.time()`` taken before the builds),
-    dangling images created since then are removed too, without force, so that an image
-    still in use elsewhere is kept. Returns what was removed. Errors on single objects
-    are ignored so that a cleanup in a ``finally`` always gets as far as it can.
+    ("dangling"). ``also_remove`` names such images by id, as :func:`record_builds`
+    collects them from the caller's own builds; no other unlabelled image is touched, so
+    that what other users of the engine or concurrent builds made stays. They are removed
+    after the labelled ones and without force, so that an image still in use elsewhere
+    (by a container, as the parent of another build's image, or under a tag someone gave
+    it) is kept. Returns what was removed.
+    Errors on single objects are ignored so that a cleanup in a ``finally`` always gets
+    as far as it can.
     """
     removed: dict[str, list[str]] = {"containers": [], "images": []}
     for container in client.containers.list(all=True, filters={"label": label}):
@@ -248,27 +360,37 @@ def remove_labelled(
             removed["containers"].append(container.short_id)
         except docker.errors.APIError:
             pass
-    passes = [("label", True)] + ([("dangling", False)] if dangling_since is not None else [])
-    for kind, force in passes:
-        # Children before parents: retry until a pass removes nothing more.
-        for _ in range(5):
-            if kind == "label":
-                images = client.images.list(all=True, filters={"label": label})
-            else:
-                images = [
-                    image for image in client.images.list(filters={"dangling": True})
-                    if _created_at(image) >= dangling_since - 1
-                ]
-            progress = False
-            for image in images:
-                try:
-                    client.images.remove(image.id, force=force)
-                    removed["images"].append(image.short_id)
-                    progress = True
-                except docker.errors.ImageNotFound:
-                    progress = True
-                except docker.errors.APIError:
-                    pass
-            if not images or not progress:
-                break
+    # Children before parents: retry until a pass removes nothing more.
+    for _ in range(5):
+        images = client.images.list(all=True, filters={"label": label})
+        progress = False
+        for image in images:
+            try:
+                client.images.remove(image.id, force=True)
+                removed["images"].append(image.short_id)
+                progress = True
+            except docker.errors.ImageNotFound:
+                progress = True
+            except docker.errors.APIError:
+                pass
+        if not images or not progress:
+            break
+    pending = set(also_remove)
+    for _ in range(5):
+        progress = False
+        for image_id in sorted(pending):
+            try:
+                if client.images.get(image_id).tags:  # someone tagged it: theirs now
+                    pending.discard(image_id)
+                    continue
+                client.images.remove(image_id, force=False)
+                removed["images"].append(image_id.removeprefix("sha256:")[:12])
+            except docker.errors.ImageNotFound:  # gone already, e.g. with its child
+                pass
+            except docker.errors.APIError:  # in use: maybe by a child we remove next
+                continue
+            pending.discard(image_id)
+            progress = True
+        if not pending or not progress:
+            break
     return removed
