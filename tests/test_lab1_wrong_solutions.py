@@ -11,57 +11,19 @@ timing, by the cells listed in ``may_also_fail``).
 from __future__ import annotations
 
 import concurrent.futures
-import copy
 import re
 import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
-from labtools import source_notebook
-from nbclient import NotebookClient
+from labtools import failing_test_cells, patched_notebook, source_notebook
 
 from dlcloud_course.labs import find
 
 WRONG = Path(__file__).parent / "wrong_solutions" / "lab1"
 MISTAKES = sorted(WRONG.glob("*.toml"))
 CELL_TIMEOUT_S = 180
-
-
-def _role(cell) -> tuple[str | None, str | None]:
-    meta = cell.get("metadata", {}).get("nbgrader", {})
-    if meta.get("grade") and not meta.get("solution"):
-        return "tests", meta.get("grade_id")
-    if meta.get("solution"):
-        return "solution", meta.get("grade_id")
-    return None, meta.get("grade_id")
-
-
-def _patched(notebook, mistake: dict):
-    patched = copy.deepcopy(notebook)
-    cells = [c for c in patched.cells if _role(c) == ("solution", mistake["cell"])]
-    assert len(cells) == 1, f"no solution cell {mistake['cell']!r} in lab 1"
-    count = cells[0].source.count(mistake["replace"])
-    assert count == 1, f"the patch's `replace` text occurs {count} times in {mistake['cell']!r}: update the patch"
-    cells[0].source = cells[0].source.replace(mistake["replace"], mistake["with"])
-    return patched
-
-
-def _failures(notebook, workdir: Path) -> dict[str, str]:
-    """grade_id -> error text of every test cell that fails (raises or writes to stderr)."""
-    NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3", allow_errors=True,
-                   resources={"metadata": {"path": str(workdir)}}).execute()
-    failures = {}
-    for cell in notebook.cells:
-        role, grade_id = _role(cell)
-        if role != "tests":
-            continue
-        outputs = cell.get("outputs", [])
-        errors = [f"{o.get('ename')}: {o.get('evalue')}" for o in outputs if o.output_type == "error"]
-        stderr = [o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stderr"]
-        if errors or stderr:
-            failures[grade_id] = "\n".join(errors + stderr)
-    return failures
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +35,7 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[dict, dict[str, str]]]:
     def run(path: Path):
         mistake = tomllib.loads(path.read_text(encoding="utf-8"))
         workdir = tmp_path_factory.mktemp(path.stem)
-        return path.stem, (mistake, _failures(_patched(notebook, mistake), workdir))
+        return path.stem, (mistake, failing_test_cells(patched_notebook(notebook, mistake), workdir, CELL_TIMEOUT_S))
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         return dict(pool.map(run, MISTAKES))
@@ -107,4 +69,4 @@ def test_each_mistake_loses_points_in_the_right_cells(outcomes, name):
 def test_the_notebook_format_round_trips():
     """The patched notebooks are ordinary nbformat notebooks (what nbgrader would grade)."""
     notebook = source_notebook("lab1-bpaas")
-    nbformat.validate(_patched(notebook, tomllib.loads(MISTAKES[0].read_text(encoding="utf-8"))))
+    nbformat.validate(patched_notebook(notebook, tomllib.loads(MISTAKES[0].read_text(encoding="utf-8"))))

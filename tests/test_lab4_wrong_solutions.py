@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+from labtools import cell_role, failing_test_cells, patched_notebook
 
 from dlcloud_course.generate import render_lab
 from dlcloud_course.labs import find
@@ -26,15 +26,6 @@ LAB = "lab4-ml-in-the-cloud"
 WRONG = Path(__file__).parent / "wrong_solutions" / "lab4"
 MISTAKES = sorted(WRONG.glob("*.toml"))
 CELL_TIMEOUT_S = 600
-
-
-def _role(cell) -> tuple[str | None, str | None]:
-    meta = cell.get("metadata", {}).get("nbgrader", {})
-    if meta.get("grade") and not meta.get("solution"):
-        return "tests", meta.get("grade_id")
-    if meta.get("solution"):
-        return "solution", meta.get("grade_id")
-    return None, meta.get("grade_id")
 
 
 def _load(path: Path) -> dict:
@@ -48,31 +39,10 @@ def _rendered(tmp: Path) -> Path:
     return notebook
 
 
-def _patch(notebook, mistake: dict) -> None:
-    cells = [c for c in notebook.cells if _role(c) == ("solution", mistake["cell"])]
-    assert len(cells) == 1, f"no solution cell {mistake['cell']!r} in {LAB}"
-    count = cells[0].source.count(mistake["replace"])
-    assert count == 1, f"the patch's `replace` text occurs {count} times in {mistake['cell']!r}: update the patch"
-    cells[0].source = cells[0].source.replace(mistake["replace"], mistake["with"])
-
-
 def _failures(path: Path, mistake: dict) -> dict[str, str]:
     """grade_id -> error text of every test cell that fails (raises or writes to stderr)."""
-    notebook = nbformat.read(path, as_version=4)
-    _patch(notebook, mistake)
-    NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3", allow_errors=True,
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
-    failures = {}
-    for cell in notebook.cells:
-        role, grade_id = _role(cell)
-        if role != "tests":
-            continue
-        outputs = cell.get("outputs", [])
-        errors = [f"{o.get('ename')}: {o.get('evalue')}" for o in outputs if o.output_type == "error"]
-        stderr = [o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stderr"]
-        if errors or stderr:
-            failures[grade_id] = "\n".join(errors + stderr)
-    return failures
+    notebook = patched_notebook(nbformat.read(path, as_version=4), mistake)
+    return failing_test_cells(notebook, path.parent, CELL_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +60,12 @@ def outcomes(tmp_path_factory) -> dict[str, tuple[dict, dict[str, str]]]:
 def test_the_mistakes_are_well_formed_and_apply(tmp_path):
     assert len(MISTAKES) >= 6, f"keep at least six wrong solutions in {WRONG}"
     notebook = nbformat.read(_rendered(tmp_path), as_version=4)
-    test_cells = {grade_id for role, grade_id in map(_role, notebook.cells) if role == "tests"}
+    test_cells = {grade_id for role, grade_id in map(cell_role, notebook.cells) if role == "tests"}
     for path in MISTAKES:
         mistake = _load(path)
         assert set(mistake) == {"mistake", "cell", "replace", "with", "fails", "message"}, path.name
         assert mistake["replace"] != mistake["with"] and set(mistake["fails"]) <= test_cells, path.name
-        patched = nbformat.from_dict(notebook)
-        _patch(patched, mistake)
-        nbformat.validate(patched)
+        nbformat.validate(patched_notebook(notebook, mistake))
 
 
 @pytest.mark.slow
