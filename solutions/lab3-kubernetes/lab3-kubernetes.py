@@ -529,8 +529,13 @@ for name in ("insurance-service", "quote-model-server"):
 mini_model = minikube[("Deployment", "quote-model-server")]["spec"]["template"]["spec"]["containers"][0]
 assert mini_model["resources"]["requests"]["cpu"] == "250m", (
     "Deployment quote-model-server in overlays/minikube, resources.requests.cpu must be 250m (patch)")
-assert mini_model["resources"]["limits"]["cpu"] == "2", (
-    "Deployment quote-model-server in overlays/minikube: the patch must keep the base's limits")
+mini_limits = mini_model["resources"].get("limits") or {}
+gke_limits = gke[("Deployment", "quote-model-server")]["spec"]["template"]["spec"]["containers"][0][
+    "resources"].get("limits") or {}
+assert mini_limits == gke_limits and mini_limits.get("cpu") == "2", (
+    f"Deployment quote-model-server in overlays/minikube, resources.limits is {mini_limits}, in "
+    f"overlays/gke {gke_limits}: the patch must keep the base's limits (a strategic-merge patch "
+    "of the request only; section 3)")
 assert mini_model["image"] == "dlcloud/quote-model-server:1.0.0", (
     f"overlays/minikube must keep the base image names, got {mini_model['image']}")
 assert all(o["metadata"].get("namespace") == "flight-delay" for o in gke.values()), (
@@ -982,6 +987,15 @@ assert abs(p["standard_usd_per_month"] - (3 * 0.134012 * 730 + 73)) < 0.05, (
     f"plan_capacity: standard_usd_per_month is {p['standard_usd_per_month']} (section 6)")
 low = plan_capacity(100, 500, 0.7, 1.0, 1.0, prices)
 assert low["replicas"] == 2, f"a low load still needs minReplicas 2, got {low['replicas']}"
+exact = plan_capacity(3500, 500, 0.7, 1.0, 1.0, prices)
+assert exact["replicas"] == 10, (
+    f"plan_capacity(3500/s, 500/s per replica, 70 %): replicas is {exact['replicas']}, expected 10: "
+    "3500 / (500 * 0.7) is exactly 10, and ceil adds no replica to a whole number (section 6)")
+seven = plan_capacity(2400, 500, 0.7, 1.0, 1.0, prices)
+assert (seven["replicas"], seven["standard_nodes"]) == (7, 3), (
+    f"plan_capacity(2400/s): {seven['replicas']} replicas on {seven['standard_nodes']} nodes, expected "
+    "7 on 3: count whole pods per node (3 one-vCPU pods fit in 3.92 allocatable vCPU), "
+    "a pod is never split across nodes (section 6)")
 odd = plan_capacity(1000, 500, 0.7, 0.3, 1.0, prices)
 assert abs(odd["autopilot_usd_per_month"] - (3 * (0.5 * 0.0445 + 0.0049225) * 730 + 73)) < 0.05, (
     "Autopilot rounds a 0.3 vCPU request up to 0.5 vCPU (cpu_step): see section 6")
