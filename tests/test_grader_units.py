@@ -209,8 +209,8 @@ def test_process_policy_allows_only_named_programs_from_the_image():
     assert _process_allowed("os.kill", (12, 15), policy), "a lab that starts programs may stop them"
 
 
-def test_only_a_zombies_smaps_may_be_opened():
-    """psutil falls back to smaps for a zombie (Spark leaves one under the JVM): it is empty."""
+def test_only_a_zombies_smaps_and_this_processs_maps_may_be_opened():
+    """psutil falls back to smaps for a zombie or a process that is gone (Spark's): it is empty."""
     import os
     import time
 
@@ -226,7 +226,16 @@ def test_only_a_zombies_smaps_may_be_opened():
             time.sleep(0.05)
         assert _refusal("open", (f"/proc/{zombie.pid}/smaps", "r", 0)) is None, (
             "a zombie's smaps is empty: psutil's fallback must not be refused")
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        assert _refusal("open", (f"/proc/{gone.pid}/smaps", "r", 0)) is None, (
+            "a process that is gone has no smaps: psutil's fallback must not be refused")
+        assert _refusal("open", ("/proc/self/maps", "rb", 0)) is None, (
+            "threadpoolctl (scikit-learn) lists this process's libraries from /proc/self/maps")
+        assert _refusal("open", (f"/proc/{os.getpid()}/maps", "rb", 0)) is None
         for path in (f"/proc/{alive.pid}/smaps", f"/proc/{os.getpid()}/smaps",
+                     f"/proc/{alive.pid}/maps", f"/proc/{os.getppid()}/maps", "/proc/self/task/1/maps",
+                     "/proc/self/smaps", "/proc/self/mem", "/proc/thread-self/maps",
                      f"/proc/{zombie.pid}/maps", f"/proc/{zombie.pid}/task/{zombie.pid}/smaps",
                      f"/proc/{zombie.pid}/mem"):
             assert _refusal("open", (path, "r", 0)), f"{path} must stay refused"

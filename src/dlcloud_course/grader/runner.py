@@ -106,9 +106,16 @@ PROC_READABLE = frozenset({"stat", "status", "statm", "cgroup", "cpuinfo", "memi
 PROC_READABLE_OF_OTHERS = frozenset({"stat", "status", "statm", "smaps_rollup", "cmdline"})
 #: psutil's ``memory_full_info`` falls back to ``/proc/<pid>/smaps`` when ``smaps_rollup``
 #: fails, as it does for a zombie (Spark's ``spark-class`` leaves its launcher's ``bash``
-#: unreaped under the JVM, and ``dlcloud.memory`` samples it twice a second). A zombie has
-#: no memory: its ``smaps`` is empty. That file, of another process in state Z, may be opened.
+#: unreaped under the JVM, and ``dlcloud.memory`` samples it twice a second) and for a
+#: process that is exiting or gone (Spark's Python workers, one per task). Such a process
+#: has no memory: its ``smaps`` is empty, or not there. That file, of another process
+#: whose ``statm`` is all zeros or that is gone, may be opened.
 ZOMBIE_READABLE = "smaps"
+#: threadpoolctl (imported by scikit-learn, lab 4) lists the libraries this process loaded
+#: from ``/proc/self/maps``. The worker holds no key (the supervisor does), and its own
+#: mappings name only the image's libraries: that one file, of this process only, may be
+#: opened. Another process's ``maps`` (the supervisor's) stays refused.
+OWN_READABLE = "maps"
 #: Where a replacement function must come from to be a library's own patch, not tampering
 #: (pyspark rewrites py4j's smart_decode, typing_extensions parts of typing, at run time).
 LIBRARY_PREFIXES = tuple({sys.prefix + "/", sys.base_prefix + "/"})
@@ -237,20 +244,24 @@ def _is_loopback(host, _type=type, _str=str, _bytes=bytes, _loopback=LOOPBACK_HO
     return _type(host) is _str and (host in _loopback or host.startswith("127."))
 
 
-def _is_zombie(pid, _open=os.open, _read=os.read, _close=os.close, _flags=os.O_RDONLY,
-               _repr=int.__repr__, _errors=(OSError, ValueError, IndexError)):
-    """Whether process ``pid`` (an exact int) is a zombie, from its ``/proc/<pid>/stat``.
+def _has_no_memory(pid, _open=os.open, _read=os.read, _close=os.close, _flags=os.O_RDONLY,
+                   _repr=int.__repr__, _gone=(FileNotFoundError, ProcessLookupError),
+                   _errors=(OSError, ValueError, IndexError)):
+    """Whether process ``pid`` (an exact int) has no memory left, or is gone.
 
-    Called inside the hook (whose own ``open`` events it then ignores); the name between
-    the parentheses may hold anything, so the state is the field after the last ``)``.
+    A zombie or an exiting process has released its memory: its ``statm`` is all zeros
+    and its ``smaps`` empty; a process that is gone has no files. Called inside the hook
+    (whose own ``open`` events it then ignores).
     """
     try:
-        fd = _open("/proc/" + _repr(pid) + "/stat", _flags)
+        fd = _open("/proc/" + _repr(pid) + "/statm", _flags)
         try:
-            text = _read(fd, 4096)
+            text = _read(fd, 256)
         finally:
             _close(fd)
-        return text.rpartition(b")")[2].split()[0] == b"Z"
+        return text.split()[0] == b"0"
+    except _gone:
+        return True
     except _errors:
         return False
 
@@ -260,7 +271,8 @@ def _refusal(event, args, _refused=REFUSED_EVENTS, _network=NETWORK_EVENTS, _hos
              _bytes=bytes, _int=int, _len=len, _fsdecode=_decoded, _getpid=os.getpid,
              _internals=PROC_INTERNALS, _readable=PROC_READABLE, _getcwd=os.getcwd,
              _cells=CELL_FILENAME_PREFIXES, _others_readable=PROC_READABLE_OF_OTHERS,
-             _zombie_readable=ZOMBIE_READABLE, _is_zombie=_is_zombie):
+             _zombie_readable=ZOMBIE_READABLE, _has_no_memory=_has_no_memory,
+             _own_readable=OWN_READABLE, _int_repr=int.__repr__):
     """Why ``event`` is refused, or None (a function of the event and the working folder)."""
     if event in _refused:
         return _refused[event]
@@ -275,8 +287,12 @@ def _refusal(event, args, _refused=REFUSED_EVENTS, _network=NETWORK_EVENTS, _hos
         parts = path.split("/")
         if (event == "open" and _len(parts) == 4 and parts[0] == "" and parts[1] == "proc"
                 and parts[3] == _zombie_readable and parts[2].isdigit() and parts[2].isascii()
-                and _int(parts[2]) != _getpid() and _is_zombie(_int(parts[2]))):
+                and _int(parts[2]) != _getpid() and _has_no_memory(_int(parts[2]))):
             return None  # a zombie's smaps: empty (see ZOMBIE_READABLE)
+        if (event == "open" and _len(parts) == 4 and parts[0] == "" and parts[1] == "proc"
+                and parts[3] == _own_readable
+                and (parts[2] == "self" or parts[2] == _int_repr(_getpid()))):
+            return None  # this process's own library list (see OWN_READABLE)
         for part in parts:
             if part in _internals:
                 return "reading process internals (" + _short(path) + ")"
