@@ -177,6 +177,21 @@ def test_lab_policies_follow_their_manifests(tmp_path):
         f"lab 2 needs a Docker Engine: the grader must refuse to sandbox it, got {lab2}")
 
 
+def test_grading_table_sets_tmpfs_cpus_and_time_and_the_tmpfs_counts_as_memory():
+    from dlcloud_course.grader.policy import policy_from_manifest
+    from dlcloud_course.grader.sandbox import Limits
+
+    manifest = {"budget": {"memory_mib": 2048, "wall_s": 300},
+                "grading": {"tmpfs_mib": 256, "cpus": 2, "cell_s": 240, "wall_s": 720}}
+    limits = policy_from_manifest("labx", manifest).limits
+    assert (limits.tmpfs_mb, limits.cpus, limits.cell_s) == (256, 2.0, 240.0), limits
+    assert limits.notebook_s == 720 and limits.wall_s > 720, f"[grading] wall_s is the notebook's limit: {limits}"
+    assert limits.memory_mb == 2048 + 2 * (256 - Limits.tmpfs_mb), (
+        f"the two tmpfs are memory: what they may hold beyond the default is added: {limits}")
+    plain = policy_from_manifest("labx", {"budget": {"memory_mib": 2048, "wall_s": 300}}).limits
+    assert (plain.memory_mb, plain.tmpfs_mb, plain.cpus, plain.notebook_s) == (2048, Limits.tmpfs_mb, 1.0, 300)
+
+
 def test_process_policy_allows_only_named_programs_from_the_image():
     from dlcloud_course.grader.runner import _process_allowed
 
@@ -192,6 +207,67 @@ def test_process_policy_allows_only_named_programs_from_the_image():
     assert not _process_allowed("subprocess.Popen", (None, ("sh", "-c", "kubectl"), None, None), policy)
     assert not _process_allowed("os.fork", (), policy), "fork is allowed only when the lab says so"
     assert _process_allowed("os.kill", (12, 15), policy), "a lab that starts programs may stop them"
+
+
+def test_only_a_zombies_smaps_and_this_processs_maps_may_be_opened():
+    """psutil falls back to smaps for a zombie or a process that is gone (Spark's): it is empty."""
+    import os
+    import time
+
+    from dlcloud_course.grader.runner import _refusal
+
+    zombie = subprocess.Popen(["true"])
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        for _ in range(100):
+            state = Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0]
+            if state == "Z":
+                break
+            time.sleep(0.05)
+        assert _refusal("open", (f"/proc/{zombie.pid}/smaps", "r", 0)) is None, (
+            "a zombie's smaps is empty: psutil's fallback must not be refused")
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        assert _refusal("open", (f"/proc/{gone.pid}/smaps", "r", 0)) is None, (
+            "a process that is gone has no smaps: psutil's fallback must not be refused")
+        assert _refusal("open", ("/proc/self/maps", "rb", 0)) is None, (
+            "threadpoolctl (scikit-learn) lists this process's libraries from /proc/self/maps")
+        assert _refusal("open", (f"/proc/{os.getpid()}/maps", "rb", 0)) is None
+        for path in (f"/proc/{alive.pid}/smaps", f"/proc/{os.getpid()}/smaps",
+                     f"/proc/{alive.pid}/maps", f"/proc/{os.getppid()}/maps", "/proc/self/task/1/maps",
+                     "/proc/self/smaps", "/proc/self/mem", "/proc/thread-self/maps",
+                     f"/proc/{zombie.pid}/maps", f"/proc/{zombie.pid}/task/{zombie.pid}/smaps",
+                     f"/proc/{zombie.pid}/mem"):
+            assert _refusal("open", (path, "r", 0)), f"{path} must stay refused"
+    finally:
+        alive.kill()
+        alive.wait()
+        zombie.wait()
+
+
+def test_a_class_rebuilt_by_cloudpickle_is_not_tampering_but_other_globals_are():
+    """MLflow's load_model of a PythonModel defined in the notebook sets its methods again."""
+    import types
+
+    import cloudpickle
+
+    from dlcloud_course.grader.runner import _rebuilt_copy
+
+    namespace = {"__name__": "__main__"}
+    exec(compile("import math\ndef helper(x):\n    return math.floor(x) + 1\n"
+                 "class Model:\n    def predict(self, x, scale=2.0):\n        return helper(x) * scale\n",
+                 "<locked:setup>", "exec"), namespace)
+    model, original = namespace["Model"], namespace["Model"].__dict__["predict"]
+    copy = cloudpickle.loads(cloudpickle.dumps(model()))
+    assert type(copy) is model and model.__dict__["predict"] is not original, (
+        "cloudpickle sets the methods of a class it pickled by value again (the premise)")
+    assert _rebuilt_copy(model.__dict__["predict"], original), "an equal rebuilt copy is not tampering"
+    lying = types.FunctionType(original.__code__, {**namespace, "helper": lambda x: 99}, "predict",
+                               original.__defaults__)
+    assert not _rebuilt_copy(lying, original), "the same code with another global is tampering"
+    other_default = types.FunctionType(original.__code__, namespace, "predict", (3.0,))
+    assert not _rebuilt_copy(other_default, original), "the same code with another default is tampering"
+    assert not _rebuilt_copy(lambda self, x, scale=2.0: 0, original), "other code is tampering"
 
 
 def _supervised(lines: list[dict], cells: list[dict]):

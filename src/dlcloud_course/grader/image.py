@@ -37,6 +37,11 @@ SANDBOX_UID = 1000
 #: The supervisor's uid: not the student's, so the worker can neither signal nor read it.
 SUPERVISOR_UID = 1001
 RUNNER_PATH = "/opt/grader/runner.py"
+#: Native libraries that Java packages would extract to /tmp and load from there, which
+#: the sandbox's noexec tmpfs refuses ("failed to map segment from shared object"):
+#: snappy-java, with which Spark writes Parquet (lab 5). The full-lock image has them
+#: extracted here, read-only, and the sandbox's JVMs are told to load them from here.
+NATIVE_DIR = "/opt/grader/native"
 VENV_PYTHON = "/opt/venv/bin/python"
 
 DOCKERFILE = f"""\
@@ -69,9 +74,10 @@ FULL_LOCK_DOCKERFILE = f"""\
 ARG BASE_IMAGE
 FROM ${{BASE_IMAGE}}
 USER 0
-COPY requirements.lock check_lock.py /tmp/
+COPY requirements.lock check_lock.py native_libs.py /tmp/
 RUN /opt/venv/bin/python -I /tmp/check_lock.py /tmp/requirements.lock \\
- && rm /tmp/requirements.lock /tmp/check_lock.py
+ && /opt/venv/bin/python -I /tmp/native_libs.py {NATIVE_DIR} \\
+ && rm /tmp/requirements.lock /tmp/check_lock.py /tmp/native_libs.py
 COPY site-packages/ /opt/venv/lib/python3.11/site-packages/
 COPY runner.py {RUNNER_PATH}
 # The sandbox mounts a tmpfs of the student's uid over the home; the folder must exist.
@@ -94,6 +100,21 @@ wrong = [f"{n}: lock {v}, image {installed.get(key(n))}" for n, v in pins.items(
          if installed.get(key(n)) != v]
 if wrong:
     sys.exit("the environment image does not match the lock: " + "; ".join(wrong[:10]))
+"""
+
+#: Extracts snappy-java's library for this machine from pyspark's jars (nothing if the
+#: environment has no pyspark).
+NATIVE_LIBS = """\
+import glob, os, platform, sys, zipfile
+target = sys.argv[1]
+os.makedirs(target, exist_ok=True)
+arch = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}.get(
+    platform.machine().lower(), platform.machine())
+for jar in glob.glob(sys.prefix + "/lib/python3*/site-packages/pyspark/jars/snappy-java-*.jar"):
+    with zipfile.ZipFile(jar) as archive:
+        member = f"org/xerial/snappy/native/Linux/{arch}/libsnappyjava.so"
+        with archive.open(member) as src, open(os.path.join(target, "libsnappyjava.so"), "wb") as dst:
+            dst.write(src.read())
 """
 
 
@@ -122,7 +143,7 @@ def _host_package_dir(name: str) -> Path:
 def image_tag(packages: tuple[str, ...] | None, base: str, base_id: str = "") -> str:
     """A tag that changes when anything that goes into the image changes."""
     digest = hashlib.sha256()
-    recipe = FULL_LOCK_DOCKERFILE + CHECK_LOCK if packages is None else DOCKERFILE
+    recipe = FULL_LOCK_DOCKERFILE + CHECK_LOCK + NATIVE_LIBS if packages is None else DOCKERFILE
     for part in (pinned_requirements(packages), LOCK.read_text(), base, base_id, recipe):
         digest.update(part.encode())
     sources = sorted((REPO / "src" / "dlcloud").rglob("*.py"))
@@ -196,6 +217,7 @@ def _build_full_lock(client, environment: str, labels: dict[str, str] | None) ->
         context = Path(work)
         shutil.copy(LOCK, context / "requirements.lock")
         (context / "check_lock.py").write_text(CHECK_LOCK)
+        (context / "native_libs.py").write_text(NATIVE_LIBS)
         shutil.copytree(REPO / "src" / "dlcloud", context / "site-packages" / "dlcloud",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copy(Path(__file__).with_name("runner.py"), context / "runner.py")

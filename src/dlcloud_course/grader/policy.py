@@ -13,9 +13,17 @@ program. The policy comes from the manifest the lab already has:
       programs = ["hadolint", "zizmor"]   # executables the lab's cells start
       fork = false                         # os.fork (multiprocessing's "fork" method)
       cell_s = 120                         # one cell's time limit
+      wall_s = 600                         # the whole notebook's (default: [budget] wall_s)
       pids = 256                           # processes and threads together
+      tmpfs_mib = 256                      # each of /tmp and the home (default 64)
+      cpus = 2                             # the CPU quota (default 1)
 
-- ``[budget]`` gives memory (memory+swap) and the whole notebook's wall-clock limit.
+  The two ``tmpfs`` are memory: their pages count against the sandbox's memory limit,
+  so a larger ``tmpfs_mib`` raises that limit by what the two may hold beyond the
+  default (the lab's ``[budget]`` is what its processes may use, not its files).
+
+- ``[budget]`` gives memory (memory+swap) and the whole notebook's wall-clock limit
+  (``[grading] wall_s`` overrides the latter for the sandbox).
 """
 
 from __future__ import annotations
@@ -88,9 +96,14 @@ def policy_from_manifest(lab: str, manifest: dict) -> LabPolicy:
                       | set(UNDECLARED_PROGRAMS.get(lab, ())))
     fork = bool(grading.get("fork", False))
     budget = manifest.get("budget", {})
-    wall = float(budget.get("wall_s", 300))
+    # The budget is one student's notebook on 2 cores of its own; a grader runs several
+    # sandboxes at once on shared cores, and a lab may say that it needs longer there.
+    wall = float(grading.get("wall_s", budget.get("wall_s", 300)))
+    tmpfs = int(grading.get("tmpfs_mib", Limits.tmpfs_mb))
     limits = Limits(
-        memory_mb=int(budget.get("memory_mib", Limits.memory_mb)),
+        memory_mb=int(budget.get("memory_mib", Limits.memory_mb)) + 2 * max(0, tmpfs - Limits.tmpfs_mb),
+        tmpfs_mb=tmpfs,
+        cpus=float(grading.get("cpus", Limits.cpus)),
         pids=int(grading.get("pids", PIDS_WITH_PROGRAMS if programs or fork else PIDS_WITHOUT)),
         wall_s=wall + HOST_MARGIN_S,
         cell_s=float(grading.get("cell_s", min(DEFAULT_CELL_S, wall))),

@@ -104,6 +104,18 @@ PROC_READABLE = frozenset({"stat", "status", "statm", "cgroup", "cpuinfo", "memi
 #: memory totals): no memory contents, no environment, no open files; the supervisor's
 #: command line has no key in it.
 PROC_READABLE_OF_OTHERS = frozenset({"stat", "status", "statm", "smaps_rollup", "cmdline"})
+#: psutil's ``memory_full_info`` falls back to ``/proc/<pid>/smaps`` when ``smaps_rollup``
+#: fails, as it does for a zombie (Spark's ``spark-class`` leaves its launcher's ``bash``
+#: unreaped under the JVM, and ``dlcloud.memory`` samples it twice a second) and for a
+#: process that is exiting or gone (Spark's Python workers, one per task). Such a process
+#: has no memory: its ``smaps`` is empty, or not there. That file, of another process
+#: whose ``statm`` is all zeros or that is gone, may be opened.
+ZOMBIE_READABLE = "smaps"
+#: threadpoolctl (imported by scikit-learn, lab 4) lists the libraries this process loaded
+#: from ``/proc/self/maps``. The worker holds no key (the supervisor does), and its own
+#: mappings name only the image's libraries: that one file, of this process only, may be
+#: opened. Another process's ``maps`` (the supervisor's) stays refused.
+OWN_READABLE = "maps"
 #: Where a replacement function must come from to be a library's own patch, not tampering
 #: (pyspark rewrites py4j's smart_decode, typing_extensions parts of typing, at run time).
 LIBRARY_PREFIXES = tuple({sys.prefix + "/", sys.base_prefix + "/"})
@@ -232,11 +244,35 @@ def _is_loopback(host, _type=type, _str=str, _bytes=bytes, _loopback=LOOPBACK_HO
     return _type(host) is _str and (host in _loopback or host.startswith("127."))
 
 
+def _has_no_memory(pid, _open=os.open, _read=os.read, _close=os.close, _flags=os.O_RDONLY,
+                   _repr=int.__repr__, _gone=(FileNotFoundError, ProcessLookupError),
+                   _errors=(OSError, ValueError, IndexError)):
+    """Whether process ``pid`` (an exact int) has no memory left, or is gone.
+
+    A zombie or an exiting process has released its memory: its ``statm`` is all zeros
+    and its ``smaps`` empty; a process that is gone has no files. Called inside the hook
+    (whose own ``open`` events it then ignores).
+    """
+    try:
+        fd = _open("/proc/" + _repr(pid) + "/statm", _flags)
+        try:
+            text = _read(fd, 256)
+        finally:
+            _close(fd)
+        return text.split()[0] == b"0"
+    except _gone:
+        return True
+    except _errors:
+        return False
+
+
 def _refusal(event, args, _refused=REFUSED_EVENTS, _network=NETWORK_EVENTS, _host_of=_host_of,
              _is_loopback=_is_loopback, _short=_short, _type=type, _str=str,
              _bytes=bytes, _int=int, _len=len, _fsdecode=_decoded, _getpid=os.getpid,
              _internals=PROC_INTERNALS, _readable=PROC_READABLE, _getcwd=os.getcwd,
-             _cells=CELL_FILENAME_PREFIXES, _others_readable=PROC_READABLE_OF_OTHERS):
+             _cells=CELL_FILENAME_PREFIXES, _others_readable=PROC_READABLE_OF_OTHERS,
+             _zombie_readable=ZOMBIE_READABLE, _has_no_memory=_has_no_memory,
+             _own_readable=OWN_READABLE, _int_repr=int.__repr__):
     """Why ``event`` is refused, or None (a function of the event and the working folder)."""
     if event in _refused:
         return _refused[event]
@@ -249,6 +285,14 @@ def _refusal(event, args, _refused=REFUSED_EVENTS, _network=NETWORK_EVENTS, _hos
     if event in ("open", "os.chdir", "os.symlink") and args and _type(args[0]) in (_str, _bytes):
         path = _fsdecode(args[0])
         parts = path.split("/")
+        if (event == "open" and _len(parts) == 4 and parts[0] == "" and parts[1] == "proc"
+                and parts[3] == _zombie_readable and parts[2].isdigit() and parts[2].isascii()
+                and _int(parts[2]) != _getpid() and _has_no_memory(_int(parts[2]))):
+            return None  # a zombie's smaps: empty (see ZOMBIE_READABLE)
+        if (event == "open" and _len(parts) == 4 and parts[0] == "" and parts[1] == "proc"
+                and parts[3] == _own_readable
+                and (parts[2] == "self" or parts[2] == _int_repr(_getpid()))):
+            return None  # this process's own library list (see OWN_READABLE)
         for part in parts:
             if part in _internals:
                 return "reading process internals (" + _short(path) + ")"
@@ -487,8 +531,79 @@ def _library_made(value, _type=type, _function=types.FunctionType, _str_copy=str
     return _type(value) is _function and _str_copy(value.__code__.co_filename).startswith(_prefixes)
 
 
+_MISSING = object()
+#: Types whose equality is their own C code: defaults and globals of these may be equal copies.
+_SCALAR_TYPES = (type(None), bool, int, float, str, bytes)
+#: The file name cloudpickle (3.1) gives the code of a function it rebuilt.
+REBUILT_FILENAME = "<dynamic-code>"
+
+
+def _rebuilt_copy(now, was, _type=type, _function=types.FunctionType, _cell=types.CellType,
+                  _scalars=_SCALAR_TYPES, _str_copy=str.__str__, _get=dict.get,
+                  _dict_len=dict.__len__, _dict_iter=dict.__iter__, _tuple_len=tuple.__len__,
+                  _item=tuple.__getitem__, _range=range, _missing=_MISSING,
+                  _rebuilt_name=REBUILT_FILENAME, _contents=types.CellType.cell_contents.__get__,
+                  _errors=(ValueError, TypeError, AttributeError)) -> bool:
+    """``now`` is ``was`` rebuilt, as cloudpickle rebuilds a class it pickled by value.
+
+    Unpickled in the process that defined it (MLflow's ``pyfunc.load_model`` of lab 8's
+    ``PayoutModel``), a class pickled by value is the same class object, and cloudpickle
+    sets every attribute again: new functions with equal code, equal defaults and their
+    own copy of the globals they name. Such a copy is not tampering when it behaves as the
+    original: its code equal (by value; only the file name may be cloudpickle's), the
+    same builtins, and its defaults, closure and every global its code names identical,
+    equal scalars, or themselves such copies (three levels deep at most). A function made
+    with the original's code but other globals or defaults is not a copy. Only the
+    builtin types' own C slots run here, never a method a student could define.
+    """
+    pending = [(now, was, 0)]
+    while pending:
+        a, b, depth = pending.pop()
+        if a is b:
+            continue
+        kind = _type(a)
+        if kind is _type(b) and kind in _scalars:
+            if kind.__eq__(a, b) is True:
+                continue
+            return False
+        if depth > 3 or kind is not _function or _type(b) is not _function:
+            return False
+        code, original = a.__code__, b.__code__
+        name = _str_copy(code.co_filename)
+        if name != _str_copy(original.co_filename) and name != _rebuilt_name:
+            return False
+        if not code == original or a.__builtins__ is not b.__builtins__:
+            return False
+        for left, right in ((a.__defaults__, b.__defaults__), (a.__closure__, b.__closure__)):
+            if (left is None) != (right is None):
+                return False
+            if left is None:
+                continue
+            if _tuple_len(left) != _tuple_len(right):
+                return False
+            for index in _range(_tuple_len(left)):
+                x, y = _item(left, index), _item(right, index)
+                if _type(x) is _cell or _type(y) is _cell:
+                    try:
+                        x, y = _contents(x), _contents(y)
+                    except _errors:
+                        return False  # an empty cell, or a cell against a value
+                pending.append((x, y, depth + 1))
+        left, right = a.__kwdefaults__, b.__kwdefaults__
+        left, right = {} if left is None else left, {} if right is None else right
+        if _dict_len(left) != _dict_len(right):
+            return False
+        for key in _dict_iter(right):
+            pending.append((_get(left, key, _missing), _get(right, key, _missing), depth + 1))
+        here, there = a.__globals__, b.__globals__
+        for global_name in code.co_names:
+            pending.append((_get(here, global_name, _missing), _get(there, global_name, _missing),
+                            depth + 1))
+    return True
+
+
 def _module_changes(snapshot, _modules=sys.modules, _vars=vars, _len=len,
-                    _library_made=_library_made) -> list:
+                    _library_made=_library_made, _rebuilt_copy=_rebuilt_copy) -> list:
     changed = []
     for name, module, namespace, entries in snapshot:
         if _modules.get(name) is not module:
@@ -498,12 +613,13 @@ def _module_changes(snapshot, _modules=sys.modules, _vars=vars, _len=len,
         for attr, value, members in entries:
             now = get(attr)
             if now is not value:
-                if not _library_made(now):
+                if not _library_made(now) and not _rebuilt_copy(now, value):
                     changed.append(name + "." + attr + " changed")
             elif members:
                 own = _vars(value).get  # value is the snapshot's own class object
                 for member, member_value in members:
-                    if own(member) is not member_value and not _library_made(own(member)):
+                    if own(member) is not member_value and not _library_made(own(member)) \
+                            and not _rebuilt_copy(own(member), member_value):
                         changed.append(name + "." + attr + "." + member + " changed")
                         break
             if _len(changed) >= 5:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import docker.errors
 
-from .image import RUNNER_PATH, SANDBOX_UID, VENV_PYTHON
+from .image import NATIVE_DIR, RUNNER_PATH, SANDBOX_UID, VENV_PYTHON
 
 SANDBOX_LABEL = "dlcloud.grader.sandbox"
 SANDBOX_ENVIRONMENT = {
@@ -32,6 +32,10 @@ SANDBOX_ENVIRONMENT = {
     # TensorFlow and Spark read these rather than the cgroup's CPU quota.
     "TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
     "CUDA_VISIBLE_DEVICES": "", "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": VENV_PYTHON,
+    # /tmp is noexec: snappy-java (Spark's Parquet) loads the copy the image extracted
+    # (image.NATIVE_DIR) instead of extracting its library to /tmp and failing to map it.
+    "JAVA_TOOL_OPTIONS": f"-Dorg.xerial.snappy.lib.path={NATIVE_DIR} "
+                         "-Dorg.xerial.snappy.lib.name=libsnappyjava.so",
 }
 
 
