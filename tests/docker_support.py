@@ -12,7 +12,10 @@ Registered in tests/conftest.py with ``pytest_plugins = ["docker_support"]``.
 - ``docker_labels`` (function): labels to put on every container and image a test
   creates; whatever carries them is removed after the test, even when it fails, and so
   are the untagged stage images that the test's builds through ``docker_client`` made.
-  Everything labelled ``dlcloud.test=1`` is removed again at the end of the session.
+  Everything labelled with this session's ``dlcloud.test.session`` (:data:`SESSION_LABELS`)
+  is removed again at the end of the session, and nothing else: other test sessions may
+  share the engine, and a sweep of every ``dlcloud.test=1`` object once removed another
+  session's running JupyterLab container in the middle of its tests.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import uuid
 import pytest
 
 TEST_LABEL = "dlcloud.test"
+#: Labels that tie an object to this test session: put them on anything a test creates.
+SESSION_LABELS = {TEST_LABEL: "1", f"{TEST_LABEL}.session": uuid.uuid4().hex[:12]}
 
 
 def _in_ci() -> bool:
@@ -49,8 +54,8 @@ def docker_client():
     except DockerUnavailable as error:
         _unavailable(str(error))
     yield client
-    # Only what carries the label: other sessions may share this engine.
-    remove_labelled(client, f"{TEST_LABEL}=1")
+    # Only what this session labelled: other sessions may share this engine.
+    remove_labelled(client, f"{TEST_LABEL}.session={SESSION_LABELS[TEST_LABEL + '.session']}")
     client.close()
 
 
@@ -77,6 +82,6 @@ def docker_labels(docker_client) -> dict[str, str]:
 
     run = uuid.uuid4().hex[:12]
     built = record_builds(docker_client)  # the untagged stage images of this test's builds
-    yield {TEST_LABEL: "1", f"{TEST_LABEL}.run": run}
+    yield {**SESSION_LABELS, f"{TEST_LABEL}.run": run}
     stop_recording(docker_client, built)
     remove_labelled(docker_client, f"{TEST_LABEL}.run={run}", also_remove=built)

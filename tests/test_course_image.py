@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from docker_support import SESSION_LABELS
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -199,7 +200,7 @@ def jupyterlab(docker_client, course_image):
         environment={"JUPYTER_TOKEN": token},
         network_mode="host",
         detach=True,
-        labels={"dlcloud.test": "1", "dlcloud.test.course-image": "1"},
+        labels={**SESSION_LABELS, "dlcloud.test.course-image": "1"},
     )
     base = f"http://{LOOPBACK}:{port}"
     try:
@@ -425,7 +426,7 @@ def test_validate_button_reports_the_untouched_release_as_failing(jupyterlab):
 @pytest.mark.docker
 def test_a_hub_gets_jupyterhub_singleuser_at_the_locked_version(docker_client, course_image):
     """A hub starts `jupyterhub-singleuser` (docker/start-notebook.sh); its version is the lock's."""
-    labels = {"dlcloud.test": "1", "dlcloud.test.course-image": "1"}
+    labels = {**SESSION_LABELS, "dlcloud.test.course-image": "1"}
     locked = re.search(r"^jupyterhub==(\S+)", (REPO / "requirements.lock").read_text(), re.M)
     assert locked, "requirements.lock must pin jupyterhub: the course image is a hub's single-user server"
     version = docker_client.containers.run(
