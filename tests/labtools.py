@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -133,6 +134,21 @@ def load_patch(path: Path, reference_sources: dict[str, str]) -> dict:
     assert count == 1, f"{path.name}: its `replace` text occurs {count} times in {patch['cell']!r}: update the patch"
     assert patch["replace"] != patch["with"] and patch["fails"], path.name
     return {**patch, "name": path.stem, "source": reference.replace(patch["replace"], patch["with"])}
+
+
+def honest_submission(release: dict, solutions: dict) -> dict:
+    """The release notebook (JSON) with every solution cell's source taken from the
+    solution notebook: what an honest student who solved everything would submit."""
+    def grade_id(cell: dict) -> str | None:
+        return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+
+    answers = {grade_id(c): c["source"] for c in solutions["cells"]
+               if c.get("metadata", {}).get("nbgrader", {}).get("solution")}
+    notebook = json.loads(json.dumps(release))
+    for cell in notebook["cells"]:
+        if grade_id(cell) in answers:
+            cell["source"] = answers[grade_id(cell)]
+    return notebook
 
 
 def cell_role(cell) -> tuple[str | None, str | None]:

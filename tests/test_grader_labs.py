@@ -17,27 +17,13 @@ import json
 import os
 
 import pytest
-from labtools import make_course, nbgrader
+from labtools import honest_submission, make_course, nbgrader
 
 DEFAULT_LABS = "lab1-bpaas,lab3-kubernetes,lab7-grpc-serving"
 LABS = [lab for lab in os.environ.get("DLCLOUD_GRADER_LABS", DEFAULT_LABS).split(",") if lab]
 HONEST, RELEASE = "honest-student", "release-student"
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-
-def _grade_id(cell: dict) -> str | None:
-    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
-
-
-def _honest(release: dict, solutions: dict) -> dict:
-    answers = {_grade_id(c): c["source"] for c in solutions["cells"]
-               if c.get("metadata", {}).get("nbgrader", {}).get("solution")}
-    notebook = json.loads(json.dumps(release))
-    for cell in notebook["cells"]:
-        if _grade_id(cell) in answers:
-            cell["source"] = answers[_grade_id(cell)]
-    return notebook
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +48,7 @@ def graded_lab(request, tmp_path_factory, docker_client, full_lock_image):
     nbgrader(course, "generate_assignment", name, "--force")
     release = json.loads((course / "labs" / name / f"{name}.ipynb").read_text())
     lab = Lab(course, name, course / ".nbgrader")
-    for student, notebook in {HONEST: _honest(release, read_notebook(lab.source_path())),
+    for student, notebook in {HONEST: honest_submission(release, read_notebook(lab.source_path())),
                               RELEASE: release}.items():
         folder = lab.grading_dir / "submitted" / student / name
         folder.mkdir(parents=True)

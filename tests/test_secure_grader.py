@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
-from labtools import hidden_test_lines, make_course, nbgrader
+from labtools import hidden_test_lines, honest_submission, make_course, nbgrader
 
 LAB = "lab1-bpaas"
 ADVERSARIAL = Path(__file__).parent / "adversarial"
@@ -30,16 +30,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 def _grade_id(cell: dict) -> str | None:
     return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
-
-
-def _honest(release: dict, solutions: dict) -> dict:
-    answers = {_grade_id(c): c["source"] for c in solutions["cells"]
-               if c.get("metadata", {}).get("nbgrader", {}).get("solution")}
-    notebook = json.loads(json.dumps(release))
-    for cell in notebook["cells"]:
-        if _grade_id(cell) in answers:
-            cell["source"] = answers[_grade_id(cell)]
-    return notebook
 
 
 def _with_attack(release: dict, attack: str) -> dict:
@@ -81,7 +71,7 @@ def graded_class(tmp_path_factory, docker_client, local_base_image):
     nbgrader(course, "generate_assignment", LAB, "--force")
     release = json.loads((course / "labs" / LAB / f"{LAB}.ipynb").read_text())
     solutions = read_notebook(Lab(course, LAB, course / ".nbgrader").source_path())
-    honest = _honest(release, solutions)
+    honest = honest_submission(release, solutions)
     submissions = {HONEST: honest, RELEASE: release,
                    EDITED: _tests_rewritten(honest, delete=False),
                    DELETED: _tests_rewritten(honest, delete=True)}
