@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from labtools import honest_submission, make_course, nbgrader
@@ -22,6 +23,9 @@ from labtools import honest_submission, make_course, nbgrader
 DEFAULT_LABS = "lab1-bpaas,lab3-kubernetes,lab7-grpc-serving"
 LABS = [lab for lab in os.environ.get("DLCLOUD_GRADER_LABS", DEFAULT_LABS).split(",") if lab]
 HONEST, RELEASE = "honest-student", "release-student"
+ENGINE_ADVERSARIAL = Path(__file__).parent / "adversarial" / "engine"
+ENGINE_ATTACKS = sorted(path.stem for path in ENGINE_ADVERSARIAL.glob("*.py"))
+LAB2_FIRST_SOLUTION = "wheelhouse-for-the-engine"
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -44,17 +48,50 @@ def graded_lab(request, tmp_path_factory, docker_client, full_lock_image):
     from dlcloud_course.grader.plan import read_notebook
 
     name = request.param
+    if name == "lab2-containers":
+        request.getfixturevalue("local_base_image")  # what the broker lets lab 2 build FROM
     course = make_course(tmp_path_factory.mktemp(f"grade-{name}"), [name])
     nbgrader(course, "generate_assignment", name, "--force")
     release = json.loads((course / "labs" / name / f"{name}.ipynb").read_text())
     lab = Lab(course, name, course / ".nbgrader")
-    for student, notebook in {HONEST: honest_submission(release, read_notebook(lab.source_path())),
-                              RELEASE: release}.items():
+    students = {HONEST: honest_submission(release, read_notebook(lab.source_path())), RELEASE: release}
+    if name == "lab2-containers":
+        students.update({f"engine-{attack}": _with_engine_attack(release, attack) for attack in ENGINE_ATTACKS})
+    for student, notebook in students.items():
         folder = lab.grading_dir / "submitted" / student / name
         folder.mkdir(parents=True)
         (folder / f"{name}.ipynb").write_text(json.dumps(notebook))
     results = {r.student: r for r in grade_lab(docker_client, full_lock_image, lab, workers=2)}
     return name, results
+
+
+def _with_engine_attack(release: dict, attack: str) -> dict:
+    """Lab 2's release with an attack in front of its first solution cell."""
+    notebook = json.loads(json.dumps(release))
+    text = (ENGINE_ADVERSARIAL / f"{attack}.py").read_text()
+    for cell in notebook["cells"]:
+        if cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") == LAB2_FIRST_SOLUTION:
+            cell["source"] = text + "\n" + "".join(cell["source"])
+    return notebook
+
+
+def _expected_flags(attack: str) -> set[str]:
+    first = (ENGINE_ADVERSARIAL / f"{attack}.py").read_text().splitlines()[0]
+    return {reason.strip() for reason in first.removeprefix("# expect:").split(",")}
+
+
+@pytest.mark.parametrize("attack", ENGINE_ATTACKS)
+def test_engine_attacks_score_no_more_than_the_release_and_are_flagged(graded_lab, attack):
+    name, results = graded_lab
+    if name != "lab2-containers":
+        pytest.skip("the engine broker's attacks are lab 2's (the only lab with an engine)")
+    attacker, release = results[f"engine-{attack}"], results[RELEASE]
+    assert attacker.total <= release.total, (
+        f"{attack} earned {attacker.total} points, the release {release.total}: "
+        f"{[(r.grade_id, r.status) for r in attacker.results if r.points]}")
+    reasons = {reason for reason, _ in attacker.flags}
+    assert reasons & _expected_flags(attack), (
+        f"{attack} must be flagged {_expected_flags(attack)}, got {attacker.flags}")
 
 
 def test_honest_solution_full_marks_no_flags(graded_lab):

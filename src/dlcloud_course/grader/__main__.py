@@ -30,9 +30,6 @@ def _parser() -> argparse.ArgumentParser:
     grade.add_argument("--base", help="image to build FROM (default: DLCLOUD_BASE_IMAGE)")
     grade.add_argument("--full-lock", action="store_true",
                        help="grade in the full-lock image (FROM the course's environment stage)")
-    grade.add_argument("--plain-nbgrader", action="store_true",
-                       help="for a lab that cannot be sandboxed (lab 2): run plain `nbgrader "
-                            "autograde`, NOT SANDBOXED, on a dedicated runner only")
     # Defaults: the lab's policy (lab.toml's budget and [grading]); these override it.
     grade.add_argument("--memory-mb", type=int)
     grade.add_argument("--cpus", type=float)
@@ -70,16 +67,6 @@ def _limits(args, policy):
     return with_limits(policy, **changes)
 
 
-def plain_nbgrader(lab: Lab, policy) -> int:
-    """Lab 2's path: nbgrader autograde as it is, said loudly to be outside any sandbox."""
-    import subprocess
-
-    print(f"NOT SANDBOXED: {lab.name}: {policy.why_not}", file=sys.stderr)
-    done = subprocess.run([sys.executable, "-m", "nbgrader", "autograde", lab.name, "--force"],
-                          cwd=lab.course, check=False)
-    return done.returncode
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "k8s":
@@ -94,13 +81,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     lab = Lab.at(args.course.resolve(), args.lab)
     policy = _limits(args, lab_policy(lab.course, lab.name))
-    if not policy.sandboxed:
-        if args.plain_nbgrader:
-            return plain_nbgrader(lab, policy)
-        print(f"{lab.name} cannot be graded in a sandbox: {policy.why_not}.\n"
-              f"On a dedicated runner, --plain-nbgrader runs nbgrader autograde (NOT SANDBOXED).",
-              file=sys.stderr)
-        return 2
     client = docker_engine.connect()
     # Lab 1 has a small image of its own (built in a minute); the others need the lock.
     small = grading_image.SMALL_IMAGES.get(lab.name)

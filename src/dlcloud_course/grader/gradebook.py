@@ -47,10 +47,6 @@ HTML_HEAD = (
 )
 
 
-class NotSandboxable(RuntimeError):
-    """The lab needs something no sandbox grants (lab 2's Docker Engine)."""
-
-
 @dataclass
 class StudentResult:
     student: str
@@ -156,14 +152,22 @@ def prepare(lab: Lab, cells: list[InstructorCell], student: str) -> Prepared:
 
 
 def sandbox_of(client, image: str, prepared: Prepared, limits: Limits, labels: dict[str, str],
-               policy: dict | None = None, files: dict[str, str] | None = None):
-    """The only step that runs in a worker thread: one container, one fresh key."""
+               policy: dict | None = None, files: dict[str, str] | None = None,
+               engine: bool = False):
+    """The only step that runs in a worker thread: one container, one fresh key, and for
+    a lab that builds images (``engine``) an engine broker of its own."""
     if prepared.plan is None:
         return None, b""
     key = secrets.token_bytes(32)
     labels = {**labels, "dlcloud.grader.student": _label_safe(prepared.student)}
+    broker = None
+    if engine:
+        from .engine_broker import submission_broker
+
+        broker = submission_broker(client)
+        broker.start()
     return run_in_sandbox(client, image, prepared.plan.cells, key, limits, labels=labels,
-                          policy=policy, files=files), key
+                          policy=policy, files=files, engine=broker), key
 
 
 def conclude(cells: list[InstructorCell], prepared: Prepared, sandbox, key: bytes) -> StudentResult:
@@ -211,8 +215,6 @@ def grade_lab(client, image: str, lab: Lab, workers: int = 1, limits: Limits | N
     from .policy import lab_policy
 
     policy = policy or lab_policy(lab.course, lab.name)
-    if not policy.sandboxed:
-        raise NotSandboxable(f"{lab.name} is not graded in a sandbox: {policy.why_not}")
     limits = limits or policy.limits
     cells = lab.cells()
     students = lab.students()
@@ -221,7 +223,8 @@ def grade_lab(client, image: str, lab: Lab, workers: int = 1, limits: Limits | N
     prepared = [prepare(lab, cells, student) for student in students]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         ran = list(pool.map(lambda p: sandbox_of(client, image, p, limits, labels,
-                                                 policy.for_runner(), files), prepared))
+                                                 policy.for_runner(), files, policy.engine),
+                            prepared))
     graded = [conclude(cells, p, sandbox, key) for p, (sandbox, key) in zip(prepared, ran)]
     release = lab.release_notebook()
     source = read_notebook(lab.source_path())

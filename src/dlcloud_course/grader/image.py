@@ -43,6 +43,13 @@ RUNNER_PATH = "/opt/grader/runner.py"
 #: extracted here, read-only, and the sandbox's JVMs are told to load them from here.
 NATIVE_DIR = "/opt/grader/native"
 VENV_PYTHON = "/opt/venv/bin/python"
+#: Wheels for the labs that build images (lab 2's ``pip download`` of its wheelhouse, for
+#: the engine's architecture and the other one): the sandbox has no network, and pip
+#: finds them here (``PIP_FIND_LINKS``, set by the sandbox for those labs).
+ENGINE_WHEELS_DIR = "/opt/grader/wheels"
+#: The platforms of those wheels: the two architectures Docker engines run on.
+ENGINE_WHEEL_PLATFORMS = (("manylinux_2_28_x86_64", "manylinux2014_x86_64"),
+                          ("manylinux_2_28_aarch64", "manylinux2014_aarch64"))
 
 DOCKERFILE = f"""\
 ARG BASE_IMAGE
@@ -80,6 +87,7 @@ RUN /opt/venv/bin/python -I /tmp/check_lock.py /tmp/requirements.lock \\
  && rm /tmp/requirements.lock /tmp/check_lock.py /tmp/native_libs.py
 COPY site-packages/ /opt/venv/lib/python3.11/site-packages/
 COPY runner.py {RUNNER_PATH}
+COPY wheels/ {ENGINE_WHEELS_DIR}/
 # The sandbox mounts a tmpfs of the student's uid over the home; the folder must exist.
 RUN (id -u {SANDBOX_UID} >/dev/null 2>&1 || useradd --uid {SANDBOX_UID} --create-home \\
       --home-dir /home/student student) \\
@@ -140,10 +148,46 @@ def _host_package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def engine_lab_requirements() -> dict[str, str]:
+    """``{lab: requirements text}`` of the labs that build images: what their images install
+    (their ``[[generated]] closure_of`` requirements file), pinned as in the lock."""
+    import tomllib
+
+    from dlcloud_course.exports import requirements_closure
+    from dlcloud_course.labs import SOLUTIONS
+
+    found = {}
+    for manifest in sorted(SOLUTIONS.glob("*/lab.toml")):
+        lab = tomllib.loads(manifest.read_text(encoding="utf-8"))
+        if "docker" not in lab.get("needs", []):
+            continue
+        for entry in lab.get("generated", []):
+            if "closure_of" in entry:
+                found[manifest.parent.name] = requirements_closure(list(entry["closure_of"]),
+                                                                   LOCK.read_text())
+    return found
+
+
+def _engine_wheels(folder: Path) -> None:
+    """Download the engine labs' wheels for both architectures into ``folder``, on the host."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dlcloud-engine-wheels-") as work:
+        for lab, text in engine_lab_requirements().items():
+            requirements = Path(work) / f"{lab}.txt"
+            requirements.write_text(text)
+            for number, platforms in enumerate(ENGINE_WHEEL_PLATFORMS):
+                downloaded = docker_engine.prepare_wheelhouse(
+                    requirements, Path(work) / f"{lab}-{number}", platforms=platforms)
+                for wheel in downloaded.glob("*.whl"):
+                    shutil.copy2(wheel, folder / wheel.name)
+
+
 def image_tag(packages: tuple[str, ...] | None, base: str, base_id: str = "") -> str:
     """A tag that changes when anything that goes into the image changes."""
     digest = hashlib.sha256()
     recipe = FULL_LOCK_DOCKERFILE + CHECK_LOCK + NATIVE_LIBS if packages is None else DOCKERFILE
+    if packages is None:
+        recipe += repr(sorted(engine_lab_requirements().items())) + repr(ENGINE_WHEEL_PLATFORMS)
     for part in (pinned_requirements(packages), LOCK.read_text(), base, base_id, recipe):
         digest.update(part.encode())
     sources = sorted((REPO / "src" / "dlcloud").rglob("*.py"))
@@ -221,6 +265,7 @@ def _build_full_lock(client, environment: str, labels: dict[str, str] | None) ->
         shutil.copytree(REPO / "src" / "dlcloud", context / "site-packages" / "dlcloud",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copy(Path(__file__).with_name("runner.py"), context / "runner.py")
+        _engine_wheels(context / "wheels")
         (context / "Dockerfile").write_text(FULL_LOCK_DOCKERFILE)
         client.images.build(
             path=str(context), tag=tag, buildargs={"BASE_IMAGE": environment}, rm=True,

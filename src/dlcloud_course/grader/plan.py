@@ -142,8 +142,10 @@ def build_plan(cells: list[InstructorCell], submission: dict) -> Plan:
     for grade_id in duplicates:
         plan.flags.append(("duplicated-cell", f"cell {grade_id} appears more than once"))
 
-    def add_student(cell_id: str, source: str) -> None:
-        names = suspicious_names(source)
+    def add_student(cell_id: str, source: str, reference: str = "") -> None:
+        # What the instructor's own solution of this cell uses is what the task asks for
+        # (lab 2's wheelhouse runs pip with subprocess): not suspicious there.
+        names = suspicious_names(source) - (suspicious_names(reference) if reference else set())
         if names:
             plan.flags.append(("suspicious-code", f"{cell_id} uses {', '.join(sorted(names))}"))
         plan.cells.append({"kind": "student", "id": cell_id, "source": source})
@@ -155,7 +157,8 @@ def build_plan(cells: list[InstructorCell], submission: dict) -> Plan:
         if cell.kind == "solution":
             if submitted is None:
                 plan.flags.append(("deleted-cell", f"solution cell {cell.grade_id} is missing"))
-            add_student(cell.grade_id, submitted if submitted is not None else cell.released)
+            add_student(cell.grade_id, submitted if submitted is not None else cell.released,
+                        cell.source)
         else:
             if submitted is None:
                 plan.flags.append(("deleted-cell", f"{cell.kind} cell {cell.grade_id} was deleted"))

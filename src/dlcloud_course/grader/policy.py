@@ -1,12 +1,13 @@
-"""What a lab may do in its sandbox, read from its ``lab.toml``: programs, limits, or not sandboxed.
+"""What a lab may do in its sandbox, read from its ``lab.toml``: programs, limits, an engine.
 
 The runner refuses starting or signalling processes unless the lab's policy names the
 program. The policy comes from the manifest the lab already has:
 
 - ``needs``/``optional`` name the lab's tools: ``java`` lets PySpark start
   ``spark-submit`` (whose shell script starts the JVM), ``cluster`` lets the lab run
-  ``kubectl`` (its offline ``kustomize`` too); ``docker`` cannot be sandboxed (see
-  :data:`NOT_SANDBOXED`), ``gpu`` adds nothing (graded on CPU);
+  ``kubectl`` (its offline ``kustomize`` too); ``docker`` gives the sandbox an engine of
+  its own, the broker of :mod:`.engine_broker` (never the host's socket), ``gpu`` adds
+  nothing (graded on CPU);
 - an optional ``[grading]`` table for what the manifest does not say otherwise::
 
       [grading]
@@ -52,11 +53,8 @@ UNDECLARED_PROGRAMS: dict[str, tuple[str, ...]] = {}
 #: (what gcc could build lands on a noexec tmpfs), and not a
 #: reason to expect processes left after the run.
 EVERY_LAB_PROGRAMS = ("uname", "ldconfig", "gcc", "ld", "fc-list")
-#: Needs that no sandbox of ours can grant without giving the student a way out.
-NOT_SANDBOXED = {
-    "docker": "a Docker Engine in the sandbox is privileged (Docker-in-Docker) and the host's "
-              "socket is the host; grade it with plain nbgrader on a dedicated runner",
-}
+#: Needs the sandbox meets with the engine broker.
+ENGINE_NEEDS = frozenset({"docker"})
 #: Processes and threads: a JVM or TensorFlow starts dozens of threads, and a pids limit counts them.
 PIDS_WITH_PROGRAMS = 512
 PIDS_WITHOUT = 64
@@ -68,17 +66,19 @@ HOST_MARGIN_S = 20.0
 @dataclass(frozen=True)
 class LabPolicy:
     lab: str
-    sandboxed: bool
-    why_not: str = ""
     programs: tuple[str, ...] = ()
     fork: bool = False
     limits: Limits = Limits()
+    engine: bool = False  # the sandbox gets the engine broker's socket (lab 2)
 
     def for_runner(self) -> dict:
         """The part of the plan the worker's audit hook applies."""
+        from .engine_broker import SANDBOX_SOCKET_DIR, SOCKET_NAME
+
         processes = bool(self.programs) or self.fork
         return {"programs": sorted({*self.programs, *EVERY_LAB_PROGRAMS}), "fork": self.fork,
-                "signals": processes, "processes": processes}
+                "signals": processes, "processes": processes,
+                "engine_sockets": [f"{SANDBOX_SOCKET_DIR}/{SOCKET_NAME}"] if self.engine else []}
 
 
 def _manifest(folder: Path) -> dict:
@@ -88,8 +88,6 @@ def _manifest(folder: Path) -> dict:
 
 def policy_from_manifest(lab: str, manifest: dict) -> LabPolicy:
     needs = set(manifest.get("needs", [])) | set(manifest.get("optional", []))
-    blocked = sorted(need for need in needs if need in NOT_SANDBOXED and
-                     need in set(manifest.get("needs", [])))
     grading = manifest.get("grading", {})
     programs = sorted({program for need in needs for program in PROGRAMS_OF_NEED.get(need, ())}
                       | {str(p) for p in grading.get("programs", [])}
@@ -109,8 +107,8 @@ def policy_from_manifest(lab: str, manifest: dict) -> LabPolicy:
         cell_s=float(grading.get("cell_s", min(DEFAULT_CELL_S, wall))),
         nofile=4096 if programs or fork else 256,
     )
-    why_not = "; ".join(f"{need}: {NOT_SANDBOXED[need]}" for need in blocked)
-    return LabPolicy(lab, not blocked, why_not, tuple(programs), fork, limits)
+    engine = bool(needs & ENGINE_NEEDS)
+    return LabPolicy(lab, tuple(programs), fork, limits, engine)
 
 
 def lab_policy(course: Path, lab: str) -> LabPolicy:

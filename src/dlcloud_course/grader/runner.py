@@ -340,7 +340,7 @@ def _program(event, args, _type=type, _str=str, _bytes=bytes, _tuple=tuple, _len
 def _process_allowed(event, args, policy, _program=_program, _dirs=PROGRAM_DIRS,
                      _spawn=SPAWN_EVENTS, _signals=SIGNAL_EVENTS):
     """Whether the lab's policy allows this process event (``policy``: names, fork, signals)."""
-    names, fork, signals = policy
+    names, fork, signals = policy[0], policy[1], policy[2]
     if event == "os.fork" or event == "os.forkpty":
         return fork
     if event in _signals:
@@ -361,14 +361,17 @@ def _runner_function(target, _type=type, _function=types.FunctionType, _runner=R
     return _type(target) is _function and _str_copy(target.__code__.co_filename) == _runner
 
 
-def install_guard(record_fd: int, trusted_stack: tuple, policy: tuple = ((), False, False)):
+def install_guard(record_fd: int, trusted_stack: tuple,
+                  policy: tuple = ((), False, False, frozenset())):
     """Install the audit hook that refuses, flags and reports. Returns nothing the caller keeps.
 
     ``trusted_stack`` are the code objects of report, run_plan and worker_main: a record
     is written only when exactly those frames called ``sys.audit("dlcloud.<kind>")``.
     There is no key here: the supervisor, another process under another uid, signs what
     it accepts, and checks that the records follow the plan (see :func:`supervise`).
-    ``policy`` is (program names, fork allowed, signals allowed) from the lab's lab.toml.
+    ``policy`` is (program names, fork allowed, signals allowed, Unix sockets that may be
+    connected to) from the lab's lab.toml: the last is the engine broker's socket for a
+    lab that builds images (lab 2), and nothing else.
     """
     # "busy" is per thread: a flag shared by all threads would let one thread keep the
     # hook "busy" while another makes a refused call.
@@ -386,7 +389,8 @@ def install_guard(record_fd: int, trusted_stack: tuple, policy: tuple = ((), Fal
         "<frozen", "<string>", "<locked:", "<test:")
     permission_error, os_error, base_exception = PermissionError, OSError, BaseException
     str_copy, plain, opaque = str.__str__, _plain, OPAQUE
-    len_, type_, str_ = len, type, str
+    len_, type_, str_, bytes_ = len, type, str, bytes
+    engine_sockets = frozenset(policy[3]) if len_(policy) > 3 else frozenset()
     library_prefixes = tuple({sys.prefix, sys.base_prefix, os.path.dirname(RUNNER_FILE)})
 
     def emit(kind, payload):
@@ -432,6 +436,10 @@ def install_guard(record_fd: int, trusted_stack: tuple, policy: tuple = ((), Fal
         args = plain(raw_args)
         if event in process_events and process_allowed(event, args, policy):
             return None
+        if event == "socket.connect" and len_(args) > 1 and type_(args[1]) in (str_, bytes_) \
+                and (args[1] if type_(args[1]) is str_ else args[1].decode(errors="replace")) \
+                in engine_sockets:
+            return None  # the engine broker's socket (a lab that builds images)
         reason = refusal(event, args)
         if reason is not None and event in spawn_events:
             program = program_of(event, args)
@@ -808,7 +816,8 @@ def _write_lab_files(files: dict) -> None:
 def _policy_of(plan) -> tuple:
     policy = plan.get("policy") or {}
     return (frozenset(str(name) for name in policy.get("programs", ())),
-            bool(policy.get("fork")), bool(policy.get("signals")))
+            bool(policy.get("fork")), bool(policy.get("signals")),
+            frozenset(str(path) for path in policy.get("engine_sockets", ())))
 
 
 def worker_main():

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 import docker.errors
 
-from .image import NATIVE_DIR, RUNNER_PATH, SANDBOX_UID, VENV_PYTHON
+from .engine_broker import SANDBOX_DOCKER_HOST, SANDBOX_SOCKET_DIR, engine_flags
+from .image import ENGINE_WHEELS_DIR, NATIVE_DIR, RUNNER_PATH, SANDBOX_UID, VENV_PYTHON
 
 SANDBOX_LABEL = "dlcloud.grader.sandbox"
 SANDBOX_ENVIRONMENT = {
@@ -37,6 +38,17 @@ SANDBOX_ENVIRONMENT = {
     "JAVA_TOOL_OPTIONS": f"-Dorg.xerial.snappy.lib.path={NATIVE_DIR} "
                          "-Dorg.xerial.snappy.lib.name=libsnappyjava.so",
 }
+
+
+def engine_environment(engine) -> dict[str, str]:
+    """What a lab that builds images needs to find its engine, its base image and wheels."""
+    return {
+        "DOCKER_HOST": SANDBOX_DOCKER_HOST,
+        "DLCLOUD_BASE_IMAGE": engine.base_images[0],
+        # pip download (lab 2's wheelhouse) finds the wheels in the image: nothing downloads.
+        "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ENGINE_WHEELS_DIR,
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
 
 
 @dataclass(frozen=True)
@@ -67,11 +79,19 @@ class SandboxResult:
 
 
 def container_settings(image: str, limits: Limits, labels: dict[str, str],
-                       lab_dir: str | None) -> dict:
-    """The keyword arguments of ``containers.create``: every restriction in one place."""
+                       lab_dir: str | None, engine=None) -> dict:
+    """The keyword arguments of ``containers.create``: every restriction in one place.
+
+    ``engine`` (an :class:`.engine_broker.EngineBroker`, started) is the only thing ever
+    mounted besides ``lab_dir``: the folder of the broker's socket, read-only.
+    """
     # noexec: nothing written there can be run or loaded as native code (dlopen fails).
     tmpfs_options = f"size={limits.tmpfs_mb}m,mode=1777,nosuid,nodev,noexec"
     volumes = {lab_dir: {"bind": "/lab", "mode": "ro"}} if lab_dir else {}
+    environment = dict(SANDBOX_ENVIRONMENT)
+    if engine is not None:
+        volumes[engine.folder] = {"bind": SANDBOX_SOCKET_DIR, "mode": "ro"}
+        environment.update(engine_environment(engine))
     return {
         "image": image,
         # Started as root with only SETUID and SETGID: the supervisor starts the worker
@@ -80,7 +100,7 @@ def container_settings(image: str, limits: Limits, labels: dict[str, str],
         "command": [VENV_PYTHON, "-I", RUNNER_PATH, "--split-uids"],
         "user": "0:0",
         "working_dir": "/home/student",
-        "environment": SANDBOX_ENVIRONMENT,
+        "environment": environment,
         "network_mode": "none",
         "read_only": True,
         # The engine ignores a tmpfs "mode" (the home was root's 0755); uid/gid reach the kernel.
@@ -163,11 +183,16 @@ def plan_payload(plan_cells: list[dict], key: bytes, limits: Limits, policy: dic
 def run_in_sandbox(client, image: str, plan_cells: list[dict], key: bytes,
                    limits: Limits = Limits(), labels: dict[str, str] | None = None,
                    lab_dir: str | None = None, policy: dict | None = None,
-                   files: dict[str, str] | None = None) -> SandboxResult:
-    """Run one plan in a fresh container; return its capped output and what went wrong."""
+                   files: dict[str, str] | None = None, engine=None) -> SandboxResult:
+    """Run one plan in a fresh container; return its capped output and what went wrong.
+
+    ``engine``: a started :class:`.engine_broker.EngineBroker` for a lab that builds
+    images; it learns the container's id (its containers join that network namespace)
+    and is closed here, removing what the submission made, however the run ended.
+    """
     payload = plan_payload(plan_cells, key, limits, policy, files)
     settings = container_settings(image, limits, {"dlcloud.grader.run": secrets.token_hex(6),
-                                                  **(labels or {})}, lab_dir)
+                                                  **(labels or {})}, lab_dir, engine)
     started = time.monotonic()
     flags: list[tuple[str, str]] = []
     sink: dict = {}
@@ -175,7 +200,11 @@ def run_in_sandbox(client, image: str, plan_cells: list[dict], key: bytes,
         container = _bounded(lambda: client.containers.create(**settings))
     except (EngineStuck, docker.errors.APIError) as error:
         flags.append(("engine-error", f"the sandbox could not be created: {str(error)[:150]}"))
+        if engine is not None:
+            engine.close()
         return SandboxResult(b"", None, time.monotonic() - started, flags)
+    if engine is not None:
+        engine.attach(container.id)
     try:
         _send_stdin_before_start(container, payload)
         reader = threading.Thread(target=_read_capped, args=(container, limits.output_bytes, sink),
@@ -194,6 +223,9 @@ def run_in_sandbox(client, image: str, plan_cells: list[dict], key: bytes,
         flags.append(("engine-error", str(error)))
         exit_code = None
     finally:
+        if engine is not None:  # first: the submission's containers share the sandbox's network
+            engine.close()
+            flags.extend(engine_flags(engine))
         try:
             _bounded(lambda: container.remove(force=True))
         except (EngineStuck, docker.errors.APIError):
