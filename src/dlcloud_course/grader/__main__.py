@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         client, packages=None if args.full_lock or small is None else small, base=args.base)
     if not args.image:
         grading_image.prune_grading_images(client, keep=args.keep_images, also_keep=(image,))
+    if policy.engine and args.workers > 1:
+        print(f"{lab.name} builds images: graded one submission at a time (the engine's build "
+              "cache is shared; see docs/grading.md)", file=sys.stderr)
     run = uuid.uuid4().hex[:12]
     started = time.monotonic()
     graded = grade_lab(client, image, lab, workers=args.workers, limits=policy.limits,

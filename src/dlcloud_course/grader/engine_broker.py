@@ -60,6 +60,12 @@ OWNER_LABEL = "dlcloud.grader.engine-owner"
 PROTECTED_REPOSITORIES = re.compile(r"^(dlcloud/|docker\.io/dlcloud/|python(:|$)|debian(:|$))")
 TAG_FORM = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
 API_PREFIX = re.compile(r"^/v1\.\d+")
+#: What a reference in a path may look like: an image's name, tag or digest, a container's
+#: or a volume's name or id. No "..", "?", "#" or "%": the broker builds its own URL from it.
+IMAGE_REF = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._:/@-]{0,255}$")
+OBJECT_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: Connections the broker serves at once; more wait their turn (the SDK opens a few).
+MAX_CONNECTIONS = 64
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,7 @@ class EngineBroker:
     refusals: list[str] = field(default_factory=list)
     sandbox_id: str | None = None
     builds: int = 0
+    closed: bool = False
     _owned_images: set[str] = field(default_factory=set)
     _base_ids: set[str] = field(default_factory=set)
     _server: socketserver.BaseServer | None = None
@@ -139,6 +146,7 @@ class EngineBroker:
 
     def close(self) -> dict[str, list[str]]:
         """Stop listening and remove every container, image and volume the submission made."""
+        self.closed = True  # calls still in flight get 503 from here on
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -146,17 +154,25 @@ class EngineBroker:
         label = f"{OWNER_LABEL}={self.owner}"
         for container in self.client.containers.list(all=True, filters={"label": label}):
             try:
-                container.remove(force=True)
+                container.remove(force=True, v=True)  # v: the image's anonymous volumes too
                 removed["containers"].append(container.short_id)
             except docker.errors.APIError:
                 pass
-        labelled = {image.id for image in self.client.images.list(all=True, filters={"label": label})}
-        pending = (labelled | self._owned_images) - self._base_ids
+        labelled = self.client.images.list(all=True, filters={"label": label})
+        for image in labelled:  # this submission's tags (its final images carry its label)
+            for tag in image.tags:
+                try:
+                    self.client.images.remove(tag, noprune=True)
+                except docker.errors.APIError:
+                    pass
+        pending = ({image.id for image in labelled} | self._owned_images) - self._base_ids
         for _ in range(6):  # children before parents: repeat while something goes
             progress = False
             for image_id in sorted(pending):
                 try:
-                    self.client.images.remove(image_id, force=True, noprune=False)
+                    # Never forced: an image that is also someone else's (tagged by them, the
+                    # parent of their image, used by a container) stays.
+                    self.client.images.remove(image_id, force=False, noprune=False)
                 except docker.errors.ImageNotFound:
                     pass
                 except docker.errors.APIError:
@@ -184,6 +200,8 @@ class EngineBroker:
 
     def _image(self, ref: str, readable_base: bool = True) -> dict:
         """The engine's inspection of an image the submission may see, else 404."""
+        if not IMAGE_REF.match(ref):
+            raise Refused(400, f"not an image reference: {ref[:80]!r}")
         try:
             attrs = self._api.inspect_image(ref)
         except docker.errors.NotFound:
@@ -197,6 +215,8 @@ class EngineBroker:
         raise Refused(404, f"No such image: {ref}")
 
     def _container(self, ref: str) -> dict:
+        if not OBJECT_REF.match(ref):
+            raise Refused(400, f"not a container name or id: {ref[:80]!r}")
         try:
             attrs = self._api.inspect_container(ref)
         except docker.errors.NotFound:
@@ -206,6 +226,8 @@ class EngineBroker:
         return attrs
 
     def _volume(self, name: str) -> dict:
+        if not OBJECT_REF.match(name):
+            raise Refused(400, f"not a volume name: {name[:80]!r}")
         try:
             attrs = self._api.inspect_volume(name)
         except docker.errors.NotFound:
@@ -474,7 +496,10 @@ def container_config(body: dict, broker: EngineBroker) -> dict:
 
 # -- the Dockerfile check ---------------------------------------------------------------
 
-_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-+][^}]*)?\}|([A-Za-z_][A-Za-z0-9_]*))")
+_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+#: ``${NAME:-default}``, ``${NAME:+alternative}`` and friends: refused where an image is named
+#: rather than evaluated differently from the builder.
+_MODIFIED_VARIABLE = re.compile(r"\$\{[^}]*[:#%/+-][^}]*\}")
 
 
 def _instructions(text: str) -> list[tuple[str, str]]:
@@ -526,6 +551,8 @@ def dockerfile_problem(text: str, buildargs: dict[str, str], allowed: set[str]) 
             args[name.strip()] = buildargs.get(name.strip(), default.strip().strip('"'))
         elif keyword == "FROM":
             seen_from = True
+            if _MODIFIED_VARIABLE.search(rest):
+                return "FROM with a ${...:-...} expression: name the image or a plain ARG"
             words = [w for w in shlex.split(_substitute(rest, args)) if not w.startswith("--platform")]
             if not words:
                 return "FROM names no image"
@@ -536,11 +563,15 @@ def dockerfile_problem(text: str, buildargs: dict[str, str], allowed: set[str]) 
             stages.append(words[2].lower() if len(words) >= 3 and words[1].upper() == "AS" else "")
         elif keyword in ("COPY", "ADD"):
             for flag in re.findall(r"--from=(\S+)", rest):
-                source = _substitute(flag, args)
+                if "$" in flag:
+                    return f"{keyword} --from={flag}: name the stage or image, not a variable"
+                source = flag
                 if not (source.isdigit() or source.lower() in stages or source in allowed):
                     return f"{keyword} --from={source}: copy from an earlier stage or an image you built"
-            if keyword == "ADD" and re.search(r"(^|\s)(https?|git|ssh)://|(^|\s)git@", rest):
-                return "ADD of a URL: the engine would download it, and nothing downloads here"
+            if keyword == "ADD" and re.search(r"://|git@|\$", rest):
+                # The engine itself fetches an ADD's URL, on the host's network; a variable
+                # could name one that this check cannot evaluate as the builder would.
+                return "ADD of a URL (or of a variable): the engine would download it; use COPY"
         elif keyword == "ONBUILD":
             return "ONBUILD is not available here"
     return None
@@ -563,9 +594,27 @@ class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
     def get_request(self):
         request, _ = super().get_request()
         return request, ("sandbox", 0)
+
+    def process_request(self, request, client_address):
+        # A submission cannot make the grader start threads without end: past the cap, a
+        # connection is closed at once (the SDK retries on a fresh one).
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 _ROUTES: list[tuple[str, re.Pattern, str]] = [
@@ -599,6 +648,7 @@ _ROUTES: list[tuple[str, re.Pattern, str]] = [
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     broker: EngineBroker
+    timeout = 30  # an idle keep-alive connection gives its slot back
 
     def log_message(self, *args):  # no access log on the grader's stderr
         pass
@@ -627,6 +677,8 @@ class _Handler(BaseHTTPRequestHandler):
         query = dict(pairs)
         query["t_all"] = [value for key, value in pairs if key == "t"]
         try:
+            if self.broker.closed:
+                raise Refused(503, "the grading run is over")
             for route_method, pattern, name in _ROUTES:
                 match = pattern.match(path)
                 if match and route_method == method:
@@ -640,6 +692,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(status, {"message": str(error.explanation or error)[:2000]})
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except Exception as error:  # noqa: BLE001 -- a bad request must not kill the thread
+            try:
+                self._json(400, {"message": f"bad request: {type(error).__name__}"})
+            except OSError:
+                self.close_connection = True
 
     def _body_json(self) -> dict:
         raw = self._body(self.broker.limits.body_bytes)

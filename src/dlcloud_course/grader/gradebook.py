@@ -216,6 +216,12 @@ def grade_lab(client, image: str, lab: Lab, workers: int = 1, limits: Limits | N
 
     policy = policy or lab_policy(lab.course, lab.name)
     limits = limits or policy.limits
+    if policy.engine:
+        # One submission at a time on the engine: the legacy builder's cache is the
+        # engine's, so two submissions with identical steps would build on each other's
+        # layers, and one's cleanup would take away what the other's rebuild counts on.
+        # In sequence, each run starts after the last one's images are gone.
+        workers = 1
     cells = lab.cells()
     students = lab.students()
     labels = {"dlcloud.grader.lab": lab.name, **(labels or {})}
