@@ -116,6 +116,9 @@ def solution_lines(lab: str) -> list[str]:
     return _lines_only_in(regions, sources)
 
 
+PATCH_KEYS = {"mistake", "cell", "replace", "with", "fails", "message"}
+
+
 def load_patch(path: Path, reference_sources: dict[str, str]) -> dict:
     """A wrong solution in the course's form (``tests/wrong_solutions/<lab>/*.toml``), applied.
 
@@ -127,7 +130,7 @@ def load_patch(path: Path, reference_sources: dict[str, str]) -> dict:
     import tomllib
 
     patch = tomllib.loads(path.read_text(encoding="utf-8"))
-    assert {"mistake", "cell", "replace", "with", "fails", "message"} == set(patch), path.name
+    assert PATCH_KEYS <= set(patch) <= PATCH_KEYS | {"may_also_fail"}, path.name
     assert patch["cell"] in reference_sources, f"{path.name}: no cell {patch['cell']!r} in the lab"
     reference = reference_sources[patch["cell"]]
     count = reference.count(patch["replace"])
@@ -192,6 +195,77 @@ def failing_test_cells(notebook: nbformat.NotebookNode, workdir: Path, cell_time
         if errors or stderr:
             failures[grade_id] = "\n".join(errors + stderr)
     return failures
+
+
+SAVE_NAMESPACE = "_reference_namespace = dict(globals())"
+RESTORE_NAMESPACE = """\
+for _name in [name for name in globals() if name not in _reference_namespace]:
+    del globals()[_name]
+globals().update(_reference_namespace)"""
+
+
+def _helper_cell(source: str, cell_id: str) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell(source)
+    cell.id = cell_id
+    return cell
+
+
+def combined_notebook(reference: nbformat.NotebookNode, mistakes: list[dict],
+                      not_rerun: set[str] = frozenset(), restore: str = RESTORE_NAMESPACE
+                      ) -> nbformat.NotebookNode:
+    """The reference's cells, with each mistake's run inserted before the cell it patches.
+
+    Running a whole lab once per mistake repeats its prefix each time; here the mistakes
+    share it. Just before a patched cell, the kernel's namespace is saved; each mistake
+    then runs its wrong cell and every code cell after it (but ``not_rerun``: a cleanup
+    that may run once), its test cells' grade_ids reading ``<mistake>/<grade_id>``; then
+    ``restore`` puts the namespace back (plus whatever global state the lab must reset),
+    and the reference goes on. :func:`mistake_outcomes` splits the failures again.
+    """
+    combined = nbformat.from_dict(reference)
+    combined.cells = []
+    for index, cell in enumerate(reference.cells):
+        role, grade_id = cell_role(cell)
+        patching = [m for m in mistakes if role == "solution" and m["cell"] == grade_id]
+        if patching:
+            combined.cells.append(_helper_cell(SAVE_NAMESPACE, f"save-{index}"))
+        for number, mistake in enumerate(patching):
+            wrong = patched_notebook(reference, mistake)
+            for later, tail in enumerate(wrong.cells[index:]):
+                if tail.cell_type != "code" or cell_role(tail)[1] in not_rerun:
+                    continue
+                tail = nbformat.from_dict(tail)
+                tail.id = f"wrong-{index}-{number}-{later}"
+                if cell_role(tail)[0] == "tests":
+                    tail.metadata.nbgrader.grade_id = f"{mistake['name']}/{cell_role(tail)[1]}"
+                combined.cells.append(tail)
+            combined.cells.append(_helper_cell(restore, f"restore-{index}-{number}"))
+        combined.cells.append(cell)
+    return combined
+
+
+def mistake_outcomes(failures: dict[str, str], mistakes: list[dict]) -> dict[str, dict[str, str]]:
+    """``{"reference": {test: error}, mistake name: {test: error}}`` from a combined run."""
+    results: dict[str, dict[str, str]] = {"reference": {}, **{m["name"]: {} for m in mistakes}}
+    for grade_id, error in failures.items():
+        name, _, test = grade_id.rpartition("/")
+        results[name or "reference"][test] = error
+    return results
+
+
+def assert_mistake_caught(mistake: dict, failures: dict[str, str]) -> None:
+    """Exactly the test cells the mistake names fail (``may_also_fail`` may), each with an
+    error whose text matches its ``message``: the mistake costs its points and no others."""
+    import re
+
+    expected, also = set(mistake["fails"]), set(mistake.get("may_also_fail", []))
+    assert expected <= set(failures) <= expected | also, (
+        f"{mistake['name']} ({mistake['mistake']}): expected exactly {sorted(expected)} to fail"
+        f"{f' (and perhaps {sorted(also)})' if also else ''}, got {sorted(failures)}; messages: {failures}")
+    for grade_id in expected:
+        assert re.search(mistake["message"], failures[grade_id]), (
+            f"{mistake['name']}: {grade_id} fails, but its message does not name the problem "
+            f"(/{mistake['message']}/): {failures[grade_id][:500]}")
 
 
 __all__ = ["Lab", "REPO", "SOLUTIONS", "LABS", "discover", "find"]

@@ -61,3 +61,42 @@ def test_network_policy_denies_all_egress(tmp_path):
     assert "Egress" in policy["spec"]["policyTypes"] and policy["spec"]["egress"] == [], (
         "the NetworkPolicy must deny every egress, DNS included")
     assert policy["spec"]["podSelector"]["matchLabels"] == {"dlcloud.grader/sandbox": "1"}
+
+
+def test_the_command_writes_each_labs_own_limits_and_refuses_lab2(tmp_path):
+    from dlcloud_course.grader.__main__ import main
+    from dlcloud_course.grader.policy import lab_policy
+
+    course = tmp_path / "course"
+    (course / ".nbgrader" / "submitted" / "alice" / "lab5-spark-tensorflow").mkdir(parents=True)
+    assert main(["k8s", "lab5-spark-tensorflow", "--course", str(course), "--out", str(tmp_path / "k8s"),
+                 "--image", "registry.example/dlcloud/grader:x"]) == 0
+    (job_file,) = [p for p in (tmp_path / "k8s").glob("grade-*.json")]
+    limits = json.loads(job_file.read_text())["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    expected = lab_policy(course, "lab5-spark-tensorflow").limits
+    assert limits == {"cpu": f"{int(expected.cpus * 1000)}m", "memory": f"{expected.memory_mb}Mi",
+                      "ephemeral-storage": f"{expected.tmpfs_mb * 2 + 16}Mi"}, (
+        f"a Job gets its lab's limits from lab.toml (lab 5: 2 CPUs, the tmpfs as memory), got {limits}")
+    assert main(["k8s", "lab2-containers", "--course", str(course), "--out", str(tmp_path / "k2"),
+                 "--image", "x"]) == 2, "lab 2's engine broker needs a Docker Engine: no Jobs for it"
+
+
+def test_grading_on_a_cluster_says_plainly_when_none_answers(tmp_path, monkeypatch, capsys):
+    """The live path runs against whatever KUBECONFIG names; here it names a closed port."""
+    from dlcloud_course.grader.__main__ import main
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "nowhere",
+        "clusters": [{"name": "nowhere", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "contexts": [{"name": "nowhere", "context": {"cluster": "nowhere", "user": "nobody"}}],
+        "users": [{"name": "nobody", "user": {"token": "x"}}]}))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    course = tmp_path / "course"
+    (course / ".nbgrader" / "submitted" / "alice" / "lab1-bpaas").mkdir(parents=True)
+    status = main(["grade", "lab1-bpaas", "--course", str(course), "--kubernetes",
+                   "--image", "registry.example/dlcloud/grader:x"])
+    said = capsys.readouterr().err
+    assert status == 3 and "no Kubernetes cluster to grade on" in said and "127.0.0.1:1" in said, (
+        f"with no cluster answering, the command must say so and exit 3: {status} {said}")

@@ -2,81 +2,73 @@
 
 Each file of ``tests/wrong_solutions/lab2/`` patches one solution cell of the rendered lab,
 in the form of lab 1's (see its README). The lab is rendered with its generated files
-(lab 1's service, the pinned requirements) and runs as nbgrader's autograder runs it,
-on the real Docker Engine: exactly the test cells the mistake names must fail, each with
-an error whose text matches the mistake's ``message``, and every other test cell must still
-pass, so that the mistake costs its points and no others.
+(lab 1's service, the pinned requirements) and runs once, as nbgrader's autograder runs
+it, on the real Docker Engine, with every mistake's run inserted before the cell it patches
+(``labtools.combined_notebook``: the mistake's wrong cell and every code cell after it, then
+the namespace put back). Exactly the test cells a mistake names must fail, each with an
+error whose text matches its ``message``, and every other test cell must still pass, its
+own and the reference's, so that the mistake costs its points and no others.
+
+One kernel, one run: two runs of lab 2 on one engine would share the engine's build
+cache, and one's cleanup would take away layers the other's rebuild counts on.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import re
-import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
-from labtools import failing_test_cells, find, patched_notebook, render_lab
+from labtools import (
+    assert_mistake_caught,
+    cell_role,
+    combined_notebook,
+    failing_test_cells,
+    find,
+    load_patch,
+    mistake_outcomes,
+    render_lab,
+    source_notebook,
+)
 
 pytestmark = pytest.mark.docker
 
 LAB = "lab2-containers"
 WRONG = Path(__file__).parent / "wrong_solutions" / "lab2"
-MISTAKES = sorted(WRONG.glob("*.toml"))
-CELL_TIMEOUT_S = 240
-KEYS = {"mistake", "cell", "replace", "with", "fails", "message"}
-
-
-def _load(path: Path) -> dict:
-    return tomllib.loads(path.read_text(encoding="utf-8"))
-
-
-def _run(path: Path, tmp_path_factory) -> tuple[dict, dict[str, str]]:
-    mistake = _load(path)
-    folder = render_lab(find(LAB), tmp_path_factory.mktemp(path.stem))
-    notebook = nbformat.read(folder / f"{LAB}.ipynb", as_version=4)
-    return mistake, failing_test_cells(patched_notebook(notebook, mistake), folder, CELL_TIMEOUT_S)
+CELL_TIMEOUT_S = 300
+REFERENCE = {grade_id: cell.source for cell in source_notebook(LAB).cells
+             for role, grade_id in [cell_role(cell)] if role == "solution"}
+MISTAKES = [load_patch(path, REFERENCE) for path in sorted(WRONG.glob("*.toml"))]
+# The last cell removes everything the run built: it may run once, at the very end.
+NOT_RERUN = {"cleanup"}
 
 
 @pytest.fixture(scope="module")
-def outcomes(docker_client, local_base_image, tmp_path_factory):
-    """Every mistake's run, one notebook at a time, as futures.
-
-    One at a time because two runs of lab 2 on one engine disturb each other: a code-only
-    rebuild may take its cached layers from the other run's identical build, and each
-    run's cleanup removes the untagged builder images created since it started, the other
-    run's included. Each run builds and runs the lab's images for minutes; a test waits
-    only for its own future, so that each test stays within its timeout while the others
-    run behind it.
-    """
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    try:
-        yield {path.stem: pool.submit(_run, path, tmp_path_factory) for path in MISTAKES}
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+def outcomes(docker_client, local_base_image, tmp_path_factory) -> dict[str, dict[str, str]]:
+    folder = render_lab(find(LAB), tmp_path_factory.mktemp(LAB))
+    reference = nbformat.read(folder / f"{LAB}.ipynb", as_version=4)
+    failures = failing_test_cells(combined_notebook(reference, MISTAKES, NOT_RERUN), folder, CELL_TIMEOUT_S)
+    return mistake_outcomes(failures, MISTAKES)
 
 
 def test_there_are_at_least_six_realistic_mistakes():
     assert len(MISTAKES) >= 6, f"keep at least six wrong solutions in {WRONG}"
-    for path in MISTAKES:
-        mistake = _load(path)
-        assert KEYS <= set(mistake) <= KEYS | {"may_also_fail"}, path.name
-        assert mistake["replace"] != mistake["with"] and mistake["fails"], path.name
-    assert len({_load(path)["cell"] for path in MISTAKES}) >= 4, "the mistakes should cover several solution cells"
+    assert len({m["cell"] for m in MISTAKES}) >= 4, "the mistakes should cover several solution cells"
+    tests = {grade_id for cell in source_notebook(LAB).cells
+             for role, grade_id in [cell_role(cell)] if role == "tests"}
+    for mistake in MISTAKES:
+        assert set(mistake["fails"]) | set(mistake.get("may_also_fail", [])) <= tests, mistake["name"]
+        assert "/" not in mistake["name"], mistake["name"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [path.stem for path in MISTAKES])
+@pytest.mark.timeout(2400)  # the first test runs the fixture: the lab once, and each mistake's rest of it
+def test_the_reference_solution_passes_every_test_cell(outcomes):
+    assert not outcomes["reference"], f"the reference solution of {LAB} fails: {outcomes['reference']}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+@pytest.mark.parametrize("name", [m["name"] for m in MISTAKES])
 def test_each_mistake_loses_points_in_the_right_cells(outcomes, name):
-    mistake, failures = outcomes[name].result()
-    expected, also = set(mistake["fails"]), set(mistake.get("may_also_fail", []))
-    assert expected <= set(failures) <= expected | also, (
-        f"{name} ({mistake['mistake']}): expected {sorted(expected)} to fail "
-        f"(and perhaps {sorted(also)}), got {sorted(failures)}; messages: {failures}"
-    )
-    for grade_id in expected:
-        assert re.search(mistake["message"], failures[grade_id]), (
-            f"{name}: {grade_id} fails, but its message does not name the problem "
-            f"(/{mistake['message']}/): {failures[grade_id][:500]}"
-        )
+    assert_mistake_caught(next(m for m in MISTAKES if m["name"] == name), outcomes[name])

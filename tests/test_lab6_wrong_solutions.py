@@ -14,12 +14,22 @@ test cell, its own and the reference's, must pass: a mistake costs its points an
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import nbformat
 import pytest
-from labtools import cell_role, failing_test_cells, find, load_patch, patched_notebook, render_lab, source_notebook
+from labtools import (
+    RESTORE_NAMESPACE,
+    assert_mistake_caught,
+    cell_role,
+    combined_notebook,
+    failing_test_cells,
+    find,
+    load_patch,
+    mistake_outcomes,
+    render_lab,
+    source_notebook,
+)
 
 LAB = "lab6-gpu-training"
 WRONG = Path(__file__).parent / "wrong_solutions" / "lab6"
@@ -31,46 +41,9 @@ MISTAKES = [load_patch(path, REFERENCE) for path in sorted(WRONG.glob("*.toml"))
 # memory watch, which can stop only once.
 NOT_RERUN = {"cleanup"}
 
-SAVE_NAMESPACE = "_reference_namespace = dict(globals())"
 # Put the reference's names back, and the global state a wrong cell may leave behind
 # (Keras's dtype policy is global: a mistake that leaks it must not fail the reference).
-RESTORE_NAMESPACE = """\
-for _name in [name for name in globals() if name not in _reference_namespace]:
-    del globals()[_name]
-globals().update(_reference_namespace)
-keras.config.set_dtype_policy("float32")"""
-
-
-def _helper(source: str, cell_id: str) -> nbformat.NotebookNode:
-    cell = nbformat.v4.new_code_cell(source)
-    cell.id = cell_id
-    return cell
-
-
-def combined_notebook(reference: nbformat.NotebookNode, mistakes: list[dict]) -> nbformat.NotebookNode:
-    """The reference's cells, with each mistake's run (the wrong cell and every code cell
-    after it) inserted before the cell it patches, between a save and a restore of the
-    namespace; its test cells' grade_ids read ``<mistake>/<grade_id>``."""
-    combined = nbformat.from_dict(reference)
-    combined.cells = []
-    for index, cell in enumerate(reference.cells):
-        role, grade_id = cell_role(cell)
-        patching = [m for m in mistakes if role == "solution" and m["cell"] == grade_id]
-        if patching:
-            combined.cells.append(_helper(SAVE_NAMESPACE, f"save-{index}"))
-        for number, mistake in enumerate(patching):
-            wrong = patched_notebook(reference, mistake)
-            for later, tail in enumerate(wrong.cells[index:]):
-                if tail.cell_type != "code" or cell_role(tail)[1] in NOT_RERUN:
-                    continue
-                tail = nbformat.from_dict(tail)
-                tail.id = f"wrong-{index}-{number}-{later}"
-                if cell_role(tail)[0] == "tests":
-                    tail.metadata.nbgrader.grade_id = f"{mistake['name']}/{cell_role(tail)[1]}"
-                combined.cells.append(tail)
-            combined.cells.append(_helper(RESTORE_NAMESPACE, f"restore-{index}-{number}"))
-        combined.cells.append(cell)
-    return combined
+RESTORE = RESTORE_NAMESPACE + '\nkeras.config.set_dtype_policy("float32")'
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +51,8 @@ def outcomes(tmp_path_factory) -> dict[str, dict[str, str]]:
     """``{"reference": {test: error}, mistake name: {test: error}}`` from one kernel."""
     folder = render_lab(find(LAB), tmp_path_factory.mktemp(LAB))
     reference = nbformat.read(folder / f"{LAB}.ipynb", as_version=4)
-    failures = failing_test_cells(combined_notebook(reference, MISTAKES), folder, CELL_TIMEOUT_S)
-    results: dict[str, dict[str, str]] = {"reference": {}, **{m["name"]: {} for m in MISTAKES}}
-    for grade_id, error in failures.items():
-        name, _, test = grade_id.rpartition("/")
-        results[name or "reference"][test] = error
-    return results
+    combined = combined_notebook(reference, MISTAKES, NOT_RERUN, RESTORE)
+    return mistake_outcomes(failing_test_cells(combined, folder, CELL_TIMEOUT_S), MISTAKES)
 
 
 def test_there_are_at_least_six_mistakes_in_several_cells():
@@ -106,12 +75,4 @@ def test_the_reference_solution_passes_every_test_cell(outcomes):
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name", [m["name"] for m in MISTAKES])
 def test_each_mistake_loses_points_in_the_right_cells(outcomes, name):
-    mistake = next(m for m in MISTAKES if m["name"] == name)
-    failures, expected = outcomes[name], set(mistake["fails"])
-    assert set(failures) == expected, (
-        f"{name} ({mistake['mistake']}): expected exactly {sorted(expected)} to fail, got "
-        f"{sorted(failures)}; messages: {failures}")
-    for grade_id in expected:
-        assert re.search(mistake["message"], failures[grade_id]), (
-            f"{name}: {grade_id} fails, but its message does not name the problem "
-            f"(/{mistake['message']}/): {failures[grade_id][:500]}")
+    assert_mistake_caught(next(m for m in MISTAKES if m["name"] == name), outcomes[name])

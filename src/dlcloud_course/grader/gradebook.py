@@ -153,12 +153,18 @@ def prepare(lab: Lab, cells: list[InstructorCell], student: str) -> Prepared:
 
 def sandbox_of(client, image: str, prepared: Prepared, limits: Limits, labels: dict[str, str],
                policy: dict | None = None, files: dict[str, str] | None = None,
-               engine: bool = False):
+               engine: bool = False, backend=None):
     """The only step that runs in a worker thread: one container, one fresh key, and for
-    a lab that builds images (``engine``) an engine broker of its own."""
+    a lab that builds images (``engine``) an engine broker of its own.
+
+    ``backend(student, plan_cells, key, limits, policy, files)`` runs the sandbox elsewhere
+    (a Kubernetes Job: :func:`.kubernetes.cluster_backend`) and returns a SandboxResult.
+    """
     if prepared.plan is None:
         return None, b""
     key = secrets.token_bytes(32)
+    if backend is not None:
+        return backend(prepared.student, prepared.plan.cells, key, limits, policy, files), key
     labels = {**labels, "dlcloud.grader.student": _label_safe(prepared.student)}
     broker = None
     if engine:
@@ -206,11 +212,12 @@ def _label_safe(text: str) -> str:
 
 
 def grade_lab(client, image: str, lab: Lab, workers: int = 1, limits: Limits | None = None,
-              labels: dict[str, str] | None = None, policy=None) -> list[StudentResult]:
+              labels: dict[str, str] | None = None, policy=None, backend=None) -> list[StudentResult]:
     """Grade every collected submission of ``lab`` with ``workers`` sandboxes at a time.
 
     ``policy`` (a :class:`.policy.LabPolicy`) defaults to the lab's own, from its
-    lab.toml; ``limits`` overrides the policy's limits.
+    lab.toml; ``limits`` overrides the policy's limits. ``backend`` runs each sandbox
+    somewhere else than this Docker Engine (see :func:`sandbox_of`).
     """
     from .policy import lab_policy
 
@@ -229,7 +236,8 @@ def grade_lab(client, image: str, lab: Lab, workers: int = 1, limits: Limits | N
     prepared = [prepare(lab, cells, student) for student in students]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         ran = list(pool.map(lambda p: sandbox_of(client, image, p, limits, labels,
-                                                 policy.for_runner(), files, policy.engine),
+                                                 policy.for_runner(), files, policy.engine,
+                                                 backend),
                             prepared))
     graded = [conclude(cells, p, sandbox, key) for p, (sandbox, key) in zip(prepared, ran)]
     release = lab.release_notebook()

@@ -107,3 +107,113 @@ def write_manifests(out: Path, lab: str, students: list[str], image: str, limits
         path.write_text(json.dumps(manifest, indent=1))
         paths.append(path)
     return paths
+
+
+# --- grading on a live cluster ------------------------------------------------------------
+
+class ClusterError(RuntimeError):
+    """kubectl failed, or a Job did not start or finish in time."""
+
+
+def _kubectl(args: list[str], stdin: bytes | None = None, timeout_s: float = 120) -> bytes:
+    import subprocess
+
+    from dlcloud.kube import tool_path
+
+    try:
+        done = subprocess.run([tool_path("kubectl"), *args], input=stdin, capture_output=True,
+                              timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"kubectl {' '.join(args[:3])} did not return within {timeout_s:.0f} s") from None
+    if done.returncode != 0:
+        raise ClusterError(f"kubectl {' '.join(args[:3])}: {done.stderr.decode(errors='replace')[-500:]}")
+    return done.stdout
+
+
+def _pod_of(name: str, namespace: str, timeout_s: float) -> dict:
+    """The Job's pod once its container runs (it waits for the plan on stdin)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pods = json.loads(_kubectl(["get", "pods", "-n", namespace, "-l", f"job-name={name}",
+                                    "-o", "json"]))["items"]
+        if pods:
+            pod = pods[-1]
+            if pod["status"].get("phase") in ("Running", "Succeeded", "Failed"):
+                return pod
+        time.sleep(1)
+    raise ClusterError(f"the pod of Job {namespace}/{name} did not start within {timeout_s:.0f} s "
+                       "(is the grading image in the cluster's registry?)")
+
+
+def _finished(name: str, namespace: str, timeout_s: float) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = json.loads(_kubectl(["get", "job", name, "-n", namespace, "-o", "json"]))["status"]
+        if status.get("succeeded") or status.get("failed"):
+            return status
+        time.sleep(1)
+    return {}
+
+
+def cluster_backend(lab: str, image: str, namespace: str, start_timeout_s: float = 300):
+    """A grading backend (see ``gradebook.sandbox_of``) that runs each sandbox as a Job.
+
+    The same plan payload as the Docker sandbox goes to the container's stdin through
+    ``kubectl attach -i`` (stdin closed once sent: ``stdinOnce``), the signed records come
+    back from ``kubectl logs --limit-bytes``; the Job is deleted afterwards. Everything
+    the host decides (verification, scores, feedback) is the same code as with Docker.
+    """
+    import time
+
+    from .sandbox import SandboxResult, plan_payload
+
+    _kubectl(["apply", "-f", "-"], json.dumps(network_policy(namespace)).encode())
+
+    def run(student, plan_cells, key, limits, policy, files):
+        manifest = job(student, lab, image, limits, namespace)
+        name = manifest["metadata"]["name"]
+        started = time.monotonic()
+        flags: list[tuple[str, str]] = []
+        output, exit_code = b"", None
+        try:
+            _kubectl(["delete", "job", name, "-n", namespace, "--ignore-not-found", "--wait=true"])
+            _kubectl(["create", "-f", "-"], json.dumps(manifest).encode())
+            pod = _pod_of(name, namespace, start_timeout_s)
+            payload = plan_payload(plan_cells, key, limits, policy, files)
+            _kubectl(["attach", "-i", "-q", "-n", namespace, pod["metadata"]["name"], "-c", "sandbox"],
+                     payload, timeout_s=limits.wall_s + 30)
+            status = _finished(name, namespace, limits.wall_s + 30)
+            output = _kubectl(["logs", "-n", namespace, f"job/{name}",
+                               f"--limit-bytes={limits.output_bytes}"])
+            terminated = _terminated(name, namespace)
+            exit_code = terminated.get("exitCode")
+            if terminated.get("reason") == "OOMKilled":
+                flags.append(("memory-limit", f"killed at the memory limit of {limits.memory_mb} MB"))
+            if any(c.get("reason") == "DeadlineExceeded" for c in status.get("conditions", [])) or not status:
+                flags.append(("timeout", f"still running after {limits.wall_s:.0f} s"))
+            if len(output) >= limits.output_bytes:
+                flags.append(("output-limit", f"wrote more than {limits.output_bytes} bytes"))
+        except ClusterError as error:
+            flags.append(("engine-error", str(error)[:300]))
+        finally:
+            try:
+                _kubectl(["delete", "job", name, "-n", namespace, "--ignore-not-found", "--wait=false",
+                          "--cascade=foreground"])
+            except ClusterError:
+                pass
+        return SandboxResult(output, exit_code, time.monotonic() - started, flags)
+
+    return run
+
+
+def _terminated(name: str, namespace: str) -> dict:
+    pods = json.loads(_kubectl(["get", "pods", "-n", namespace, "-l", f"job-name={name}",
+                                "-o", "json"]))["items"]
+    for pod in pods[-1:]:
+        for status in pod["status"].get("containerStatuses", []):
+            return status.get("state", {}).get("terminated") or {}
+    return {}
