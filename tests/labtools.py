@@ -198,8 +198,10 @@ def failing_test_cells(notebook: nbformat.NotebookNode, workdir: Path, cell_time
 
 
 SAVE_NAMESPACE = "_reference_namespace = dict(globals())"
+# The saved copy itself stays: several mistakes of one cell restore from it in turn.
 RESTORE_NAMESPACE = """\
-for _name in [name for name in globals() if name not in _reference_namespace]:
+for _name in [name for name in globals() if name not in _reference_namespace
+              and name != "_reference_namespace"]:
     del globals()[_name]
 globals().update(_reference_namespace)"""
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from labtools import (
+    RESTORE_NAMESPACE,
     assert_mistake_caught,
     cell_role,
     combined_notebook,
@@ -41,13 +42,23 @@ REFERENCE = {grade_id: cell.source for cell in source_notebook(LAB).cells
 MISTAKES = [load_patch(path, REFERENCE) for path in sorted(WRONG.glob("*.toml"))]
 # The last cell removes everything the run built: it may run once, at the very end.
 NOT_RERUN = {"cleanup"}
+# Besides its names, what a mistake's run leaves that the reference would reuse: the
+# other architecture's wheelhouse (a wrong download stays in the folder the hidden test
+# downloads into again) and the policies volume, whose database would hold the reference's
+# idempotency keys. The build context's own wheelhouse stays: later cells build from it.
+RESTORE = RESTORE_NAMESPACE + """
+for _folder in WORK.glob("wheelhouse-*"):
+    shutil.rmtree(_folder, ignore_errors=True)
+if client is not None:
+    for _volume in client.volumes.list(filters={"label": f"dlcloud.run={RUN_ID}"}):
+        _volume.remove(force=True)"""
 
 
 @pytest.fixture(scope="module")
 def outcomes(docker_client, local_base_image, tmp_path_factory) -> dict[str, dict[str, str]]:
     folder = render_lab(find(LAB), tmp_path_factory.mktemp(LAB))
     reference = nbformat.read(folder / f"{LAB}.ipynb", as_version=4)
-    failures = failing_test_cells(combined_notebook(reference, MISTAKES, NOT_RERUN), folder, CELL_TIMEOUT_S)
+    failures = failing_test_cells(combined_notebook(reference, MISTAKES, NOT_RERUN, RESTORE), folder, CELL_TIMEOUT_S)
     return mistake_outcomes(failures, MISTAKES)
 
 
