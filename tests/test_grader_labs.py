@@ -77,18 +77,18 @@ def _expected_flags(attack: str) -> set[str]:
     return {reason.strip() for reason in first.removeprefix("# expect:").split(",")}
 
 
-@pytest.mark.parametrize("attack", ENGINE_ATTACKS)
-def test_engine_attacks_score_no_more_than_the_release_and_are_flagged(graded_lab, attack):
+def test_engine_attacks_score_no_more_than_the_release_and_are_flagged(graded_lab):
+    """Lab 2's class holds the attacks on its engine broker (no other lab has an engine)."""
     name, results = graded_lab
-    if name != "lab2-containers":
-        pytest.skip("the engine broker's attacks are lab 2's (the only lab with an engine)")
-    attacker, release = results[f"engine-{attack}"], results[RELEASE]
-    assert attacker.total <= release.total, (
-        f"{attack} earned {attacker.total} points, the release {release.total}: "
-        f"{[(r.grade_id, r.status) for r in attacker.results if r.points]}")
-    reasons = {reason for reason, _ in attacker.flags}
-    assert reasons & _expected_flags(attack), (
-        f"{attack} must be flagged {_expected_flags(attack)}, got {attacker.flags}")
+    release = results[RELEASE]
+    for attack in ENGINE_ATTACKS if name == "lab2-containers" else []:
+        attacker = results[f"engine-{attack}"]
+        assert attacker.total <= release.total, (
+            f"{attack} earned {attacker.total} points, the release {release.total}: "
+            f"{[(r.grade_id, r.status) for r in attacker.results if r.points]}")
+        reasons = {reason for reason, _ in attacker.flags}
+        assert reasons & _expected_flags(attack), (
+            f"{attack} must be flagged {_expected_flags(attack)}, got {attacker.flags}")
 
 
 def test_honest_solution_full_marks_no_flags(graded_lab):
