@@ -197,7 +197,9 @@ def failing_test_cells(notebook: nbformat.NotebookNode, workdir: Path, cell_time
     return failures
 
 
-SAVE_NAMESPACE = "_reference_namespace = dict(globals())"
+# The copy leaves itself out: a later save point's copy would otherwise hold the earlier
+# copy, and restoring from it would put the earlier (stale) copy back.
+SAVE_NAMESPACE = "_reference_namespace = {k: v for k, v in globals().items() if k != '_reference_namespace'}"
 # The saved copy itself stays: several mistakes of one cell restore from it in turn.
 RESTORE_NAMESPACE = """\
 for _name in [name for name in globals() if name not in _reference_namespace

@@ -36,12 +36,21 @@ def test_each_mistake_runs_from_its_cell_and_the_reference_gets_its_state_back()
         _cell("def step(x):\n    return x + 1\n", "solution", "write-step"),
         _cell("total = step(total)\nlog.append(total)"),
         _cell("assert total == 2, 'step must add one'", "tests", "step-adds-one"),
+        _cell("two = 2"),  # defined between the two save points: must survive both
+        _cell("def double(x):\n    return 2 * x\n", "solution", "write-double"),
+        _cell("assert double(two) == 4, 'double must double'", "tests", "double-doubles"),
     ]
+    # Two mistakes in each of two cells: the second save point must not restore the first's state.
     mistakes = [{"name": "adds-two", "cell": "write-step", "replace": "x + 1", "with": "x + 2",
                  "fails": ["step-adds-one"]},
                 {"name": "leaks-a-name", "cell": "write-step", "replace": "return x + 1",
-                 "with": "global leaked\n    leaked = True\n    return x + 1", "fails": []}]
+                 "with": "global leaked\n    leaked = True\n    return x + 1", "fails": []},
+                {"name": "triples", "cell": "write-double", "replace": "2 * x", "with": "3 * x",
+                 "fails": ["double-doubles"]},
+                {"name": "squares", "cell": "write-double", "replace": "2 * x", "with": "x * x",
+                 "fails": []}]
     combined = combined_notebook(reference, mistakes, restore=RESTORE_NAMESPACE + "\nassert 'leaked' not in globals()")
     outcomes = mistake_outcomes(_run_in_one_namespace(combined), mistakes)
     assert outcomes == {"reference": {}, "adds-two": {"step-adds-one": "AssertionError: step must add one"},
-                        "leaks-a-name": {}}, outcomes
+                        "leaks-a-name": {}, "triples": {"double-doubles": "AssertionError: double must double"},
+                        "squares": {}}, outcomes
