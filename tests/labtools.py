@@ -215,8 +215,8 @@ def _helper_cell(source: str, cell_id: str) -> nbformat.NotebookNode:
 
 
 def combined_notebook(reference: nbformat.NotebookNode, mistakes: list[dict],
-                      not_rerun: set[str] = frozenset(), restore: str = RESTORE_NAMESPACE
-                      ) -> nbformat.NotebookNode:
+                      not_rerun: set[str] = frozenset(), restore: str = RESTORE_NAMESPACE,
+                      save: str = SAVE_NAMESPACE) -> nbformat.NotebookNode:
     """The reference's cells, with each mistake's run inserted before the cell it patches.
 
     Running a whole lab once per mistake repeats its prefix each time; here the mistakes
@@ -224,7 +224,9 @@ def combined_notebook(reference: nbformat.NotebookNode, mistakes: list[dict],
     then runs its wrong cell and every code cell after it (but ``not_rerun``: a cleanup
     that may run once), its test cells' grade_ids reading ``<mistake>/<grade_id>``; then
     ``restore`` puts the namespace back (plus whatever global state the lab must reset),
-    and the reference goes on. :func:`mistake_outcomes` splits the failures again.
+    and the reference goes on; ``save`` may note more than the namespace first (names it
+    assigns before :data:`SAVE_NAMESPACE` are saved with the rest). :func:`mistake_outcomes`
+    splits the failures again.
     """
     combined = nbformat.from_dict(reference)
     combined.cells = []
@@ -232,7 +234,7 @@ def combined_notebook(reference: nbformat.NotebookNode, mistakes: list[dict],
         role, grade_id = cell_role(cell)
         patching = [m for m in mistakes if role == "solution" and m["cell"] == grade_id]
         if patching:
-            combined.cells.append(_helper_cell(SAVE_NAMESPACE, f"save-{index}"))
+            combined.cells.append(_helper_cell(save, f"save-{index}"))
         for number, mistake in enumerate(patching):
             wrong = patched_notebook(reference, mistake)
             for later, tail in enumerate(wrong.cells[index:]):

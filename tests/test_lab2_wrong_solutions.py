@@ -21,6 +21,7 @@ import nbformat
 import pytest
 from labtools import (
     RESTORE_NAMESPACE,
+    SAVE_NAMESPACE,
     assert_mistake_caught,
     cell_role,
     combined_notebook,
@@ -42,23 +43,41 @@ REFERENCE = {grade_id: cell.source for cell in source_notebook(LAB).cells
 MISTAKES = [load_patch(path, REFERENCE) for path in sorted(WRONG.glob("*.toml"))]
 # The last cell removes everything the run built: it may run once, at the very end.
 NOT_RERUN = {"cleanup"}
-# Besides its names, what a mistake's run leaves that the reference would reuse: the
-# other architecture's wheelhouse (a wrong download stays in the folder the hidden test
-# downloads into again) and the policies volume, whose database would hold the reference's
-# idempotency keys. The build context's own wheelhouse stays: later cells build from it.
-RESTORE = RESTORE_NAMESPACE + """
+# Besides its names, what a mistake's run leaves that the reference would reuse:
+# - the images its builds made: the engine's cache would serve the reference's rebuild
+#   from the mistake's layers rather than from its own cold build (the images recorded
+#   since the save point go, tagged or not, children first);
+# - the other architecture's wheelhouse (a wrong download stays in the folder the hidden
+#   test downloads into again);
+# - the policies volume, whose database would hold the reference's idempotency keys.
+# The build context's own wheelhouse stays: later cells build from it.
+SAVE = "_built_at_save = set(BUILT)\n" + SAVE_NAMESPACE
+RESTORE = """
+_made = BUILT - _built_at_save
+for _ in range(5):
+    for _id in sorted(_made):
+        try:
+            client.images.remove(_id, force=True)
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.APIError:
+            continue
+        _made.discard(_id)
+BUILT.intersection_update(_built_at_save)
 for _folder in WORK.glob("wheelhouse-*"):
     shutil.rmtree(_folder, ignore_errors=True)
 if client is not None:
     for _volume in client.volumes.list(filters={"label": f"dlcloud.run={RUN_ID}"}):
-        _volume.remove(force=True)"""
+        _volume.remove(force=True)
+""" + RESTORE_NAMESPACE
 
 
 @pytest.fixture(scope="module")
 def outcomes(docker_client, local_base_image, tmp_path_factory) -> dict[str, dict[str, str]]:
     folder = render_lab(find(LAB), tmp_path_factory.mktemp(LAB))
     reference = nbformat.read(folder / f"{LAB}.ipynb", as_version=4)
-    failures = failing_test_cells(combined_notebook(reference, MISTAKES, NOT_RERUN, RESTORE), folder, CELL_TIMEOUT_S)
+    combined = combined_notebook(reference, MISTAKES, NOT_RERUN, RESTORE, SAVE)
+    failures = failing_test_cells(combined, folder, CELL_TIMEOUT_S)
     return mistake_outcomes(failures, MISTAKES)
 
 
