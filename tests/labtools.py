@@ -216,7 +216,8 @@ def _helper_cell(source: str, cell_id: str) -> nbformat.NotebookNode:
 
 def combined_notebook(reference: nbformat.NotebookNode, mistakes: list[dict],
                       not_rerun: set[str] = frozenset(), restore: str = RESTORE_NAMESPACE,
-                      save: str = SAVE_NAMESPACE) -> nbformat.NotebookNode:
+                      save: str = SAVE_NAMESPACE, until_expected: bool = False
+                      ) -> nbformat.NotebookNode:
     """The reference's cells, with each mistake's run inserted before the cell it patches.
 
     Running a whole lab once per mistake repeats its prefix each time; here the mistakes
@@ -225,8 +226,10 @@ def combined_notebook(reference: nbformat.NotebookNode, mistakes: list[dict],
     that may run once), its test cells' grade_ids reading ``<mistake>/<grade_id>``; then
     ``restore`` puts the namespace back (plus whatever global state the lab must reset),
     and the reference goes on; ``save`` may note more than the namespace first (names it
-    assigns before :data:`SAVE_NAMESPACE` are saved with the rest). :func:`mistake_outcomes`
-    splits the failures again.
+    assigns before :data:`SAVE_NAMESPACE` are saved with the rest). With ``until_expected``
+    a mistake's run stops after the last test cell it must fail (its ``fails`` and
+    ``may_also_fail``): the test cells in between must still pass, the ones after it do not
+    run, as in labs 5, 7 and 8 (CI's time). :func:`mistake_outcomes` splits the failures again.
     """
     combined = nbformat.from_dict(reference)
     combined.cells = []
@@ -237,7 +240,13 @@ def combined_notebook(reference: nbformat.NotebookNode, mistakes: list[dict],
             combined.cells.append(_helper_cell(save, f"save-{index}"))
         for number, mistake in enumerate(patching):
             wrong = patched_notebook(reference, mistake)
-            for later, tail in enumerate(wrong.cells[index:]):
+            tail_cells = wrong.cells[index:]
+            if until_expected:
+                named = {*mistake["fails"], *mistake.get("may_also_fail", [])}
+                last = max(i for i, c in enumerate(tail_cells)
+                           if cell_role(c)[0] == "tests" and cell_role(c)[1] in named)
+                tail_cells = tail_cells[:last + 1]
+            for later, tail in enumerate(tail_cells):
                 if tail.cell_type != "code" or cell_role(tail)[1] in not_rerun:
                     continue
                 tail = nbformat.from_dict(tail)

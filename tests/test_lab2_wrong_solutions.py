@@ -5,9 +5,10 @@ in the form of lab 1's (see its README). The lab is rendered with its generated 
 (lab 1's service, the pinned requirements) and runs once, as nbgrader's autograder runs
 it, on the real Docker Engine, with every mistake's run inserted before the cell it patches
 (``labtools.combined_notebook``: the mistake's wrong cell and every code cell after it, then
-the namespace put back). Exactly the test cells a mistake names must fail, each with an
-error whose text matches its ``message``, and every other test cell must still pass, its
-own and the reference's, so that the mistake costs its points and no others.
+the namespace and the engine put back). A mistake's run stops after the last test cell it
+names (``until_expected``, for CI's time). Exactly the test cells a mistake names must fail,
+each with an error whose text matches its ``message``; every test cell its run reaches
+before that, and every test cell of the reference, must pass.
 
 One kernel, one run: two runs of lab 2 on one engine would share the engine's build
 cache, and one's cleanup would take away layers the other's rebuild counts on.
@@ -76,7 +77,7 @@ if client is not None:
 def outcomes(docker_client, local_base_image, tmp_path_factory) -> dict[str, dict[str, str]]:
     folder = render_lab(find(LAB), tmp_path_factory.mktemp(LAB))
     reference = nbformat.read(folder / f"{LAB}.ipynb", as_version=4)
-    combined = combined_notebook(reference, MISTAKES, NOT_RERUN, RESTORE, SAVE)
+    combined = combined_notebook(reference, MISTAKES, NOT_RERUN, RESTORE, SAVE, until_expected=True)
     failures = failing_test_cells(combined, folder, CELL_TIMEOUT_S)
     return mistake_outcomes(failures, MISTAKES)
 

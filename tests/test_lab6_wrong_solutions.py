@@ -5,11 +5,12 @@ form (see its README). Running the whole lab once per mistake would take over a 
 each, most of it spent again on the same cells, so the mistakes share the reference's
 prefix: the rendered lab runs once, as nbgrader's autograder runs it (one kernel, every
 cell, errors allowed: ``failing_test_cells``), in a notebook that, just before each patched
-cell, saves the kernel's namespace, then for each mistake runs the wrong cell and every
-code cell after it (test cells included, their grade_ids prefixed by the mistake's name),
-then puts the namespace back and goes on with the reference. Exactly the test cells a
-mistake names must fail, each with an error whose text matches ``message``, and every other
-test cell, its own and the reference's, must pass: a mistake costs its points and no others.
+cell, saves the kernel's namespace, then for each mistake runs the wrong cell and the code
+cells after it up to the last test cell the mistake names (test cells included, their
+grade_ids prefixed by the mistake's name; ``labtools.combined_notebook``), then puts the
+namespace back and goes on with the reference. Exactly the test cells a mistake names must
+fail, each with an error whose text matches ``message``; every test cell its run reaches
+before that, and every test cell of the reference, must pass.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def outcomes(tmp_path_factory) -> dict[str, dict[str, str]]:
     """``{"reference": {test: error}, mistake name: {test: error}}`` from one kernel."""
     folder = render_lab(find(LAB), tmp_path_factory.mktemp(LAB))
     reference = nbformat.read(folder / f"{LAB}.ipynb", as_version=4)
-    combined = combined_notebook(reference, MISTAKES, NOT_RERUN, RESTORE)
+    combined = combined_notebook(reference, MISTAKES, NOT_RERUN, RESTORE, until_expected=True)
     return mistake_outcomes(failing_test_cells(combined, folder, CELL_TIMEOUT_S), MISTAKES)
 
 

@@ -54,3 +54,18 @@ def test_each_mistake_runs_from_its_cell_and_the_reference_gets_its_state_back()
     assert outcomes == {"reference": {}, "adds-two": {"step-adds-one": "AssertionError: step must add one"},
                         "leaks-a-name": {}, "triples": {"double-doubles": "AssertionError: double must double"},
                         "squares": {}}, outcomes
+
+
+def test_until_expected_stops_a_mistakes_run_after_the_test_it_must_fail():
+    reference = nbformat.v4.new_notebook()
+    reference.cells = [
+        _cell("def step(x):\n    return x + 1\n", "solution", "write-step"),
+        _cell("assert step(1) == 2, 'step must add one'", "tests", "step-adds-one"),
+        _cell("assert step(2) == 3, 'a later check of the same mistake'", "tests", "step-again"),
+    ]
+    mistakes = [{"name": "adds-two", "cell": "write-step", "replace": "x + 1", "with": "x + 2",
+                 "fails": ["step-adds-one"]}]
+    combined = combined_notebook(reference, mistakes, until_expected=True)
+    outcomes = mistake_outcomes(_run_in_one_namespace(combined), mistakes)
+    assert outcomes == {"reference": {}, "adds-two": {"step-adds-one": "AssertionError: step must add one"}}, (
+        f"the run stops after the test the mistake names: {outcomes}")
